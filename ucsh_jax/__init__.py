@@ -1,0 +1,1 @@
+"""ucsh-jax: Unsupervised Cluster and Separate Hashing (UCSH) in JAX and Flax."""
