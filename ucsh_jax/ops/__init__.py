@@ -1,0 +1,25 @@
+"""Pure, jit-safe primitives of UCSH: binarisation, hash centers, k-means, similarities, losses."""
+
+from ucsh_jax.ops._hadamard import hadamard
+from ucsh_jax.ops._hadamard import hash_centers
+from ucsh_jax.ops._losses import clustering_loss
+from ucsh_jax.ops._losses import separating_loss
+from ucsh_jax.ops._losses import similarity_loss
+from ucsh_jax.ops._losses import vae_loss
+from ucsh_jax.ops._sign import sign_ste
+from ucsh_jax.ops._similarity import pairwise_similarity
+from ucsh_jax.ops._similarity import similarity_threshold
+from ucsh_jax.ops._similarity import ThresholdEstimate
+
+__all__ = (
+    "ThresholdEstimate",
+    "clustering_loss",
+    "hadamard",
+    "hash_centers",
+    "pairwise_similarity",
+    "separating_loss",
+    "sign_ste",
+    "similarity_loss",
+    "similarity_threshold",
+    "vae_loss",
+)

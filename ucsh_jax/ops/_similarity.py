@@ -1,0 +1,84 @@
+"""Cosine similarities of deep features and the SSDH similarity threshold."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+# Rows with a smaller norm are treated as zero vectors (cosine 0 with everything).
+_EPS = 1e-8
+# Histogram of cosine distances: bins of width 0.01 on [0, 1] (DESIGN.md section 2).
+_NUM_BINS = 100
+
+
+class ThresholdEstimate(NamedTuple):
+  """SSDH threshold; `threshold` is a similarity, the rest are cosine distances."""
+  threshold: jax.Array  # s_t = 1 - 2 d_t, d_t = mode - 2 sigma_left.
+  mode: jax.Array  # Left edge of the fullest histogram bin.
+  sigma_left: jax.Array  # RMS of (mode - d) over pair distances d < mode.
+  sigma_right: jax.Array  # RMS of (d - mode) over pair distances d > mode.
+
+
+def _check_features(x, name):
+  if x.ndim != 2:
+    raise ValueError(f"{name} must be 2-D (n, d), got shape {x.shape}")
+
+
+def _cosine(x_NxD: jax.Array) -> jax.Array:
+  sq_N = jnp.sum(jnp.square(x_NxD), axis=-1, keepdims=True)
+  unit_NxD = x_NxD * jax.lax.rsqrt(jnp.maximum(sq_N, _EPS**2))
+  return unit_NxD @ unit_NxD.T
+
+
+def pairwise_similarity(x: jax.Array) -> jax.Array:
+  """S_ij = 1 - 2 (1 - cos(x_i, x_j)) = 2 cos(x_i, x_j) - 1 (paper eq. 2).
+
+  Args:
+    x: (n, d) features. A zero row has cosine 0 with every row (itself included) and a
+      finite gradient.
+
+  Returns:
+    (n, n) similarity matrix, differentiable with respect to x.
+  """
+  x = jnp.asarray(x)
+  _check_features(x, "x")
+  return 2.0 * _cosine(x) - 1.0
+
+
+def similarity_threshold(x: jax.Array) -> ThresholdEstimate:
+  """SSDH half-Gaussian estimate of the similarity threshold s_t (DESIGN.md section 2).
+
+  Over the cosine distances d = 1 - cos(x_i, x_j) of the pairs i < j (clipped to [0, 2]):
+  histogram with 100 bins of width 0.01 on [0, 1] (distances above 1 fall in no bin, 1
+  itself in the last one); mode m = left edge of the fullest bin (the first on ties);
+  sigma_left = sqrt(mean((m - d)^2 over d < m)), sigma_right likewise over d > m (0 when
+  there is no such pair); d_t = m - 2 sigma_left and s_t = 1 - 2 d_t.
+
+  Args:
+    x: (n, d) features, n >= 2; the caller subsamples (a few thousand rows at most).
+
+  Returns:
+    ThresholdEstimate of float32 scalars. No gradient is meant to flow through it.
+  """
+  x = jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
+  _check_features(x, "x")
+  n = x.shape[0]
+  if n < 2:
+    raise ValueError(f"x needs at least 2 rows to form a pair, got shape {x.shape}")
+  dist_NxN = jnp.clip(1.0 - _cosine(x), 0.0, 2.0)
+  upper_NxN = jnp.triu(jnp.ones((n, n), jnp.bool_), k=1)
+  bin_NxN = jnp.minimum(jnp.floor(dist_NxN * _NUM_BINS), _NUM_BINS - 1).astype(jnp.int32)
+  in_range_NxN = upper_NxN & (dist_NxN <= 1.0)
+  counts = jnp.zeros((_NUM_BINS,), jnp.int32).at[bin_NxN.ravel()].add(
+      in_range_NxN.ravel().astype(jnp.int32))
+  mode = jnp.argmax(counts).astype(jnp.float32) / _NUM_BINS
+
+  def rms(mask_NxN):
+    count = jnp.sum(mask_NxN)
+    total = jnp.sum(jnp.where(mask_NxN, jnp.square(dist_NxN - mode), 0.0))
+    return jnp.sqrt(total / jnp.maximum(count, 1))
+
+  sigma_left = rms(upper_NxN & (dist_NxN < mode))
+  sigma_right = rms(upper_NxN & (dist_NxN > mode))
+  threshold = 1.0 - 2.0 * (mode - 2.0 * sigma_left)
+  return ThresholdEstimate(threshold, mode, sigma_left, sigma_right)
