@@ -1,0 +1,70 @@
+"""CIFAR-10 with the paper's settings (UCSH, Table 1).
+
+  python -m ucsh_jax.main --config=configs/cifar.py --workdir=runs/cifar16 \
+      --config.model.pretrained=/path/to/vgg16-397923af.pth --config.bits=16
+
+Needs `cifar-10-python.tar.gz` (downloaded by tfds when online, otherwise put it in
+`--config.data.manual_dir`). About 1 h per 50 epochs on one modern GPU. Ablations of Table 2:
+`--config.ablation=V` (no VAE), `C` (no clustering), `S` (no separating), `R` (tanh relaxation).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The paper's CIFAR-10 configuration; the other configs start from this one."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds the splits, the initialisation, dropout, k-means and shuffling.
+  config.bits = 16  # Code length k: 16, 32 or 64 in the paper.
+  config.batch_size = 24  # Global batch over all devices and hosts (the paper's 24).
+  config.num_epochs = 50
+  config.num_clusters = 10  # N, the number of k-means clusters (hash centers).
+  config.ablation = ""  # "" (full UCSH) or one of "V", "C", "S", "R" (Table 2).
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.alpha = 1e-3  # Weight of the binary-latent VAE loss L_V.
+  config.loss.beta = 10.0  # Weight of the clustering loss L_C.
+  config.loss.gamma = 1e-2  # Weight of the similarity separating loss L_S.
+  config.loss.reduction = "mean"  # "mean" (scale-free) or "sum" (the paper's literal sums).
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"  # "adam" or "sgd" (with momentum); the paper names none.
+  config.optimizer.learning_rate = 1e-5  # The paper's initial learning rate.
+  config.optimizer.decay_every_epochs = 20  # Step decay: lr * decay_factor every this many epochs.
+  config.optimizer.decay_factor = 0.1
+  config.optimizer.momentum = 0.9  # Used by "sgd" only.
+  config.optimizer.weight_decay = 0.0  # Decoupled weight decay (0 disables it).
+
+  config.model = ml_collections.ConfigDict()
+  config.model.pretrained = ""  # VGG16 weights file (.pth, .safetensors or .h5); "" = random init.
+  config.model.width = 1.0  # Channel multiplier of VGG16 (1.0 is the real network).
+  config.model.pooled_size = 7  # Adaptive average pool size before fc6 (7 in VGG16).
+  config.model.decoder_hidden = 1024  # Hidden width of the VAE decoder.
+  config.model.dropout_rate = 0.5
+  config.model.dtype = "float32"  # Computation dtype: "float32" or "bfloat16" (params stay f32).
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "cifar10"  # digits | cifar10 | nus_wide | mirflickr | image_folder | features
+  config.data.path = ""  # Image folder or feature file (.npz) for image_folder / features.
+  config.data.manual_dir = ""  # Where manually downloaded archives live ("" = tfds default).
+  config.data.data_dir = ""  # tfds data directory ("" = tfds default).
+  config.data.image_size = 224  # Images are resized to image_size x image_size.
+  config.data.num_query = 1000  # 100 per class.
+  config.data.num_train = 5000  # 500 per class, drawn from the database.
+  config.data.num_database = -1  # -1: every image that is not a query (59,000).
+  config.data.top_concepts = 10  # NUS-WIDE: keep images with one of the most frequent concepts.
+  config.data.skip_corrupt = False  # True: skip unreadable images (counted in the log).
+  config.data.num_workers = 4  # grain worker processes (0 = in the main process).
+
+  config.threshold_samples = 2000  # Training features used to estimate the threshold s_t.
+  config.kmeans_iters = 20  # Lloyd iterations per epoch (warm-started).
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.topk = 5000  # MAP@topk; -1 = the whole database.
+  config.eval.every_epochs = 10  # Also evaluate every this many epochs (0 = only at the end).
+  config.eval.batch_size = 96  # Global batch for feature extraction and encoding.
+
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 500  # Also saved at the end of every epoch.
+  config.checkpoints_to_keep = 2
+  return config

@@ -1,0 +1,23 @@
+"""A CPU-friendly test configuration: tiny network, 16x16 digits, two short epochs."""
+
+from configs import digits
+
+
+def get_config():
+  config = digits.get_config()
+  config.num_epochs = 2
+  config.batch_size = 16
+  config.bits = 8
+  config.num_clusters = 4
+  config.kmeans_iters = 5
+  config.threshold_samples = 128
+  config.model.width = 1 / 32
+  config.model.decoder_hidden = 16
+  config.data.image_size = 16
+  config.data.num_query = 40
+  config.data.num_train = 64
+  config.data.num_database = 160
+  config.eval.batch_size = 64
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 3
+  return config

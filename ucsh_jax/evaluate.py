@@ -1,0 +1,60 @@
+"""Retrieval evaluation: encode the query and database sets, score them, write the results."""
+
+import json
+import os
+from typing import Any, Dict
+
+import jax
+import numpy as np
+
+from ucsh_jax import data
+from ucsh_jax import inference
+from ucsh_jax import metrics
+
+PRECISION_KS = (100, 500, 1000, 5000)
+
+
+def encode_split(forward, params, source, indices: np.ndarray, *, mesh, batch_size: int,
+                 image_size: int, preprocessing) -> np.ndarray:
+  """+-1 int8 codes (len(indices), k) of the examples `indices` of `source`, in that order."""
+  batches = data.eval_batches(source, indices, batch_size=batch_size // jax.process_count(),
+                              image_size=image_size, preprocessing=preprocessing)
+  return inference.collect(forward, params, batches, mesh, len(indices), keys=("codes",))["codes"]
+
+
+def encode_query_and_database(forward, params, source, splits, **kwargs) -> Dict[str, np.ndarray]:
+  """The arrays of `codes.npz`: query/database codes (+-1 int8) and labels."""
+  labels = np.asarray(source.labels)
+  return {"query_codes": encode_split(forward, params, source, splits.query, **kwargs),
+          "database_codes": encode_split(forward, params, source, splits.database, **kwargs),
+          "query_labels": labels[splits.query],
+          "database_labels": labels[splits.database]}
+
+
+def score(codes: Dict[str, np.ndarray], topk: int) -> Dict[str, Any]:
+  """MAP@topk (topk <= 0: the whole database), precision@k and precision within radius 2."""
+  args = (codes["query_codes"], codes["database_codes"], codes["query_labels"],
+          codes["database_labels"])
+  num_db = len(codes["database_codes"])
+  ks = [k for k in PRECISION_KS if k <= num_db]
+  precisions = metrics.precision_at_k(*args, ks=ks)
+  return {
+      "topk": int(topk) if topk > 0 else None,
+      "map": float(metrics.mean_average_precision(*args, topk=topk if topk > 0 else None)),
+      "precision_at_k": {str(k): float(p) for k, p in zip(ks, precisions)},
+      "precision_within_radius_2": float(metrics.precision_within_radius(*args, radius=2)),
+  }
+
+
+def write_json(path: str, payload: Dict[str, Any]) -> None:
+  """Writes atomically (temporary file then rename), so a crash never leaves half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def write_codes(path: str, codes: Dict[str, np.ndarray]) -> None:
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **codes)
+  os.replace(tmp, path)

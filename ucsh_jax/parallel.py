@@ -1,0 +1,49 @@
+"""The device mesh and the host <-> global-array plumbing of data parallelism.
+
+Every array that enters a compiled step is either replicated (parameters, per-epoch state) or
+split along its leading axis over the mesh axis "data" (batches). Each host holds only its own
+slice of a batch; `global_batch` assembles the global array from the host-local pieces.
+"""
+
+from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh over `devices` (default: every device of every host) with axis "data"."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Explicit,), devices=devices)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Leading axis split over "data", the rest replicated."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
+
+
+def replicated_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def global_batch(mesh: jax.sharding.Mesh, host_batch: Any) -> Any:
+  """Host-local numpy arrays (B_host, ...) -> global jax arrays (B_host * num_hosts, ...)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), host_batch)
+
+
+def replicate(mesh: jax.sharding.Mesh, tree: Any) -> Any:
+  """Places the same value on every device of the mesh (it must be identical on all hosts)."""
+  return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def to_host(tree: Any) -> Any:
+  """Global jax arrays -> full numpy arrays on every host (gathers across hosts if needed)."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, tree)
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -1,0 +1,214 @@
+"""The UCSH run: per epoch re-cluster features and re-estimate s_t, then train; evaluate.
+
+`train_and_evaluate` is the main job. It resumes from the latest checkpoint in the workdir, so
+a run started again with the same workdir continues exactly where it stopped.
+"""
+
+import dataclasses
+import os
+import time
+from typing import Any, Dict, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from ucsh_jax import checkpointing
+from ucsh_jax import data
+from ucsh_jax import epoch_state as epoch_state_lib
+from ucsh_jax import evaluate
+from ucsh_jax import experiment
+from ucsh_jax import inference
+from ucsh_jax import ops
+from ucsh_jax import parallel
+from ucsh_jax import progress
+from ucsh_jax import train_step as train_step_lib
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything built from the config before the first step."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  source: Any
+  splits: Any
+  model: Any
+  preprocessing: Any
+  state: Any
+  feature_dim: int
+  steps_per_epoch: int
+  keys: Dict[str, jax.Array]
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Builds data, splits, model and the (replicated) initial train state."""
+  mesh = parallel.make_mesh()
+  experiment.validate(config, mesh.size)
+  os.makedirs(workdir, exist_ok=True)
+  source = data.get_source(config.data)
+  splits = data.make_splits(config.data, source, seed=config.seed, workdir=workdir)
+  if len(splits.train) < config.batch_size:
+    raise ValueError(f"the training set has {len(splits.train)} images, fewer than "
+                     f"config.batch_size={config.batch_size}")
+  if source.kind == "features":
+    pretrained, preprocessing = None, None
+    sample = np.asarray(source[0]["features"], np.float32)[None]
+  else:
+    pretrained, preprocessing = experiment.preprocessing_for(config)
+    size = config.data.image_size
+    sample = np.zeros((1, size, size, 3), np.float32)
+  model = experiment.build_model(config, feature_dim=sample.shape[-1])
+  root = jax.random.key(config.seed)
+  keys = dict(zip(("init", "train", "centers", "epoch"), jax.random.split(root, 4)))
+  params = experiment.init_params(model, config, sample, keys["init"], pretrained)
+  steps_per_epoch = len(splits.train) // config.batch_size
+  tx = experiment.make_optimizer(config, steps_per_epoch)
+  state = parallel.replicate(mesh, experiment.create_train_state(model, params, tx))
+  feature_dim = jax.eval_shape(
+      lambda p, x: model.apply({"params": p}, x, train=False), params, sample)
+  feature_dim = (feature_dim["features"].shape[-1] if "features" in feature_dim
+                 else sample.shape[-1])
+  return Run(config=config, workdir=workdir, mesh=mesh, source=source, splits=splits,
+             model=model, preprocessing=preprocessing, state=state, feature_dim=feature_dim,
+             steps_per_epoch=steps_per_epoch, keys=keys)
+
+
+def _eval_kwargs(run: Run) -> Dict[str, Any]:
+  return dict(mesh=run.mesh, batch_size=run.config.eval.batch_size,
+              image_size=run.config.data.image_size, preprocessing=run.preprocessing)
+
+
+def _train_features(run: Run, forward, params) -> np.ndarray:
+  """fc7 features (n_train, d) of every training image with the current parameters."""
+  batches = data.eval_batches(
+      run.source, run.splits.train, batch_size=run.config.eval.batch_size // jax.process_count(),
+      image_size=run.config.data.image_size, preprocessing=run.preprocessing)
+  return inference.collect(forward, params, batches, run.mesh, len(run.splits.train),
+                           keys=("features",))["features"]
+
+
+def _evaluate(run: Run, forward, params) -> Dict[str, Any]:
+  codes = evaluate.encode_query_and_database(forward, params, run.source, run.splits,
+                                             **_eval_kwargs(run))
+  return evaluate.score(codes, run.config.eval.topk)
+
+
+def _check_finite(step: int, metrics: Dict[str, Any], last_saved: Optional[int]) -> None:
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss):
+    where = (f"the last good checkpoint is step {last_saved}" if last_saved is not None
+             else "no checkpoint was saved")
+    raise FloatingPointError(f"non-finite loss {loss} at step {step}; {where}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json."""
+  start_time = time.time()
+  run = setup(config, workdir)
+  spe = run.steps_per_epoch
+  total_steps = config.num_epochs * spe
+  train_iter = data.train_iterator(
+      run.source, run.splits.train, global_batch_size=config.batch_size,
+      image_size=config.data.image_size, preprocessing=run.preprocessing, seed=config.seed,
+      num_workers=config.data.num_workers)
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                            max_to_keep=config.checkpoints_to_keep)
+  epoch_state = epoch_state_lib.empty_epoch_state(config.num_clusters, run.feature_dim,
+                                                  len(run.splits.train))
+  state = run.state
+  last_saved = checkpointer.latest_step()
+  if last_saved is not None:
+    state, epoch_state = checkpointer.restore(last_saved, state, train_iter, epoch_state)
+    logging.info("Resumed from step %d in %s.", last_saved, workdir)
+  step = int(state.step)
+  centers_NxK = np.asarray(ops.hash_centers(config.num_clusters, config.bits,
+                                            key=run.keys["centers"]), np.float32)
+  train_step = train_step_lib.make_train_step(
+      run.mesh, model=run.model, weights=experiment.loss_weights(config),
+      reduction=config.loss.reduction)
+  forward = inference.make_forward(run.model, run.mesh)
+  reporter = progress.Reporter(workdir, total_steps=total_steps, first_step=step,
+                               examples_per_step=config.batch_size,
+                               every_steps=config.log_every_steps)
+  key = parallel.replicate(run.mesh, run.keys["train"])
+  threshold = parallel.replicate(run.mesh, epoch_state.threshold)
+  pending = None
+  try:
+    while step < total_steps:
+      epoch = step // spe
+      if int(epoch_state.epoch) != epoch:
+        epoch_state = epoch_state_lib.refresh_epoch_state(
+            _train_features(run, forward, state.params), epoch_state, epoch=epoch,
+            num_clusters=config.num_clusters, kmeans_iters=config.kmeans_iters,
+            threshold_samples=config.threshold_samples,
+            key=jax.random.fold_in(run.keys["epoch"], epoch))
+        reporter.write_scalars(step, {
+            "threshold": float(epoch_state.threshold),
+            "cluster_sizes_min": float(np.bincount(epoch_state.assignments,
+                                                   minlength=config.num_clusters).min())})
+        threshold = parallel.replicate(run.mesh, epoch_state.threshold)
+      host_batch = next(train_iter)
+      host_batch["center"] = centers_NxK[epoch_state.assignments[host_batch["index"]]]
+      state, metrics = train_step(state, parallel.global_batch(run.mesh, host_batch),
+                                  threshold, key)
+      step += 1
+      if pending is not None:  # Checked one step late so that the host never stalls the device.
+        _check_finite(*pending, last_saved)
+      pending = (step, metrics)
+      reporter.step(step, metrics)
+      if step % config.checkpoint_every_steps == 0 or step % spe == 0:
+        _check_finite(*pending, last_saved)
+        checkpointer.save(step, state, train_iter, epoch_state)
+        last_saved = step
+      every = config.eval.every_epochs
+      if step % spe == 0 and every and (step // spe) % every == 0 and step < total_steps:
+        reporter.write_scalars(step, {"map": _evaluate(run, forward, state.params)["map"]})
+    if pending is not None:
+      _check_finite(*pending, last_saved)
+  finally:
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    reporter.close()
+  scores = _evaluate(run, forward, state.params)
+  results = dict(scores, dataset=config.data.name, bits=config.bits,
+                 ablation=config.ablation, num_query=len(run.splits.query),
+                 num_database=len(run.splits.database), num_train=len(run.splits.train),
+                 epochs=config.num_epochs, steps=step,
+                 elapsed_s=round(time.time() - start_time, 2))
+  if jax.process_index() == 0:
+    evaluate.write_json(os.path.join(workdir, "results.json"), results)
+  logging.info("MAP@%s = %.4f (%d queries, %d database items)", results["topk"] or "all",
+               results["map"], results["num_query"], results["num_database"])
+  return results
+
+
+def restore_params(run: Run) -> Any:
+  """The parameters of the workdir's latest checkpoint (an error if there is none)."""
+  checkpointer = checkpointing.Checkpointer(os.path.join(run.workdir, "checkpoints"))
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {run.workdir}/checkpoints: train first "
+                            f"(--mode=train) with this workdir")
+  state = checkpointer.restore_state(step, run.state)
+  checkpointer.close()
+  return state.params
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        write_codes: bool = False) -> Dict[str, Any]:
+  """--mode=eval: scores the latest checkpoint; --mode=encode also writes codes.npz."""
+  run = setup(config, workdir)
+  params = restore_params(run)
+  forward = inference.make_forward(run.model, run.mesh)
+  codes = evaluate.encode_query_and_database(forward, params, run.source, run.splits,
+                                             **_eval_kwargs(run))
+  scores = evaluate.score(codes, config.eval.topk)
+  if jax.process_index() == 0:
+    if write_codes:
+      evaluate.write_codes(os.path.join(workdir, "codes.npz"), codes)
+    evaluate.write_json(os.path.join(workdir, "eval_results.json"),
+                        dict(scores, dataset=config.data.name, bits=config.bits))
+  logging.info("MAP@%s = %.4f", scores["topk"] or "all", scores["map"])
+  return scores
