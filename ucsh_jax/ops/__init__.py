@@ -2,6 +2,9 @@
 
 from ucsh_jax.ops._hadamard import hadamard
 from ucsh_jax.ops._hadamard import hash_centers
+from ucsh_jax.ops._kmeans import kmeans
+from ucsh_jax.ops._kmeans import kmeans_sharded
+from ucsh_jax.ops._kmeans import KMeansResult
 from ucsh_jax.ops._losses import clustering_loss
 from ucsh_jax.ops._losses import separating_loss
 from ucsh_jax.ops._losses import similarity_loss
@@ -12,10 +15,13 @@ from ucsh_jax.ops._similarity import similarity_threshold
 from ucsh_jax.ops._similarity import ThresholdEstimate
 
 __all__ = (
+    "KMeansResult",
     "ThresholdEstimate",
     "clustering_loss",
     "hadamard",
     "hash_centers",
+    "kmeans",
+    "kmeans_sharded",
     "pairwise_similarity",
     "separating_loss",
     "sign_ste",

@@ -1,0 +1,230 @@
+"""Lloyd's k-means with k-means++ seeding, on one device or with rows sharded over a mesh."""
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+
+class KMeansResult(NamedTuple):
+  """Result of `kmeans`.
+
+  Attributes:
+    centroids: (N, d) float32 centroids after the last update.
+    assignments: (n,) int32 index of each row's nearest centroid (first on ties).
+    inertia: float32 scalar, sum over rows of the squared distance to its centroid.
+  """
+  centroids: jax.Array
+  assignments: jax.Array
+  inertia: jax.Array
+
+
+class _Rows:
+  """Reductions over the rows of x, global over `axis_name` when it is given."""
+
+  def __init__(self, num_local: int, axis_name: Optional[str]):
+    self.axis_name = axis_name
+    self.num_local = num_local
+    if axis_name is None:
+      self.num_shards, self.offset = 1, 0
+    else:
+      self.num_shards = lax.axis_size(axis_name)
+      self.offset = lax.axis_index(axis_name) * num_local
+    self.num_global = num_local * self.num_shards
+
+  def sum(self, v):
+    return v if self.axis_name is None else lax.psum(v, self.axis_name)
+
+  def gather(self, v):
+    """(m, ...) per shard -> (num_shards * m, ...) in row order."""
+    if self.axis_name is None:
+      return v
+    return lax.all_gather(v, self.axis_name, tiled=True)
+
+  def take(self, x_NxD, global_idx):
+    """Rows of the global x at the (replicated) global indices, replicated."""
+    local = global_idx - self.offset
+    mine = (local >= 0) & (local < self.num_local)
+    rows = x_NxD[jnp.clip(local, 0, self.num_local - 1)]
+    return self.sum(jnp.where(mine[..., None], rows, 0.0))
+
+  def argmax(self, v):
+    """Global index of the largest entry of v (the first one on ties)."""
+    local = jnp.argmax(v)
+    values = self.gather(v[local][None])
+    indices = self.gather((local + self.offset)[None])
+    return indices[jnp.argmax(values)]
+
+
+def _nearest(x_NxD, sq_x_N, centroids_CxD):
+  """Nearest centroid of each row and the squared distance to it (clipped at 0)."""
+  # ||x||^2 is the same for every centroid, so it only enters the distance, not the argmin.
+  part_NxC = jnp.sum(jnp.square(centroids_CxD), axis=-1) - 2.0 * (x_NxD @ centroids_CxD.T)
+  assign_N = jnp.argmin(part_NxC, axis=-1).astype(jnp.int32)
+  dist_N = jnp.maximum(sq_x_N + jnp.min(part_NxC, axis=-1), 0.0)
+  return assign_N, dist_N
+
+
+def _kmeans_plus_plus(x_NxD, sq_x_N, key, num_clusters, rows):
+  """k-means++ seeding: each new centroid is a row drawn with probability ~ D(x)^2."""
+
+  def draw(i, log_weight_N):
+    # Gumbel-max sampling with noise tied to the global row index, so the draw does not
+    # depend on how the rows are sharded.
+    noise = jax.random.gumbel(jax.random.fold_in(key, i), (rows.num_global,))
+    noise_N = lax.dynamic_slice_in_dim(noise, rows.offset, rows.num_local)
+    return rows.take(x_NxD, rows.argmax(log_weight_N + noise_N))
+
+  first_D = draw(0, jnp.zeros_like(sq_x_N))
+  centroids = jnp.zeros((num_clusters, x_NxD.shape[1]), x_NxD.dtype).at[0].set(first_D)
+
+  def body(i, state):
+    centroids, dist_N = state
+    c_D = centroids[i - 1]
+    new_N = jnp.maximum(sq_x_N - 2.0 * (x_NxD @ c_D) + jnp.sum(jnp.square(c_D)), 0.0)
+    dist_N = jnp.minimum(dist_N, new_N)
+    log_weight_N = jnp.where(dist_N > 0, jnp.log(dist_N), -jnp.inf)
+    return centroids.at[i].set(draw(i, log_weight_N)), dist_N
+
+  centroids, _ = lax.fori_loop(1, num_clusters, body,
+                               (centroids, jnp.full_like(sq_x_N, jnp.inf)))
+  return centroids
+
+
+def _update(x_NxD, assign_N, dist_N, num_clusters, rows):
+  """Centroid means; an empty cluster is re-seeded at a row far from its centroid.
+
+  The j-th empty cluster (in index order) gets the row with the j-th largest distance
+  to its own centroid (lowest global index first on ties).
+  """
+  one_hot_NxC = (assign_N[:, None] == jnp.arange(num_clusters)).astype(x_NxD.dtype)
+  sums_CxD = rows.sum(one_hot_NxC.T @ x_NxD)
+  counts_C = rows.sum(jnp.sum(one_hot_NxC, axis=0))
+  means_CxD = sums_CxD / jnp.maximum(counts_C, 1.0)[:, None]
+
+  num_local_far = min(num_clusters, rows.num_local)
+  far_dist, far_idx = lax.top_k(dist_N, num_local_far)
+  far_dist, far_idx = rows.gather(far_dist), rows.gather(far_idx + rows.offset)
+  order = lax.top_k(far_dist, num_clusters)[1]
+  empty_C = counts_C == 0
+  rank_C = jnp.clip(jnp.cumsum(empty_C) - 1, 0, num_clusters - 1)
+  seeds_CxD = rows.take(x_NxD, far_idx[order][rank_C])
+  return jnp.where(empty_C[:, None], seeds_CxD, means_CxD)
+
+
+@functools.partial(jax.jit, static_argnames=("num_clusters", "num_iters", "axis_name"))
+def _kmeans(x_NxD, key, init_centroids, *, num_clusters, num_iters, axis_name):
+  rows = _Rows(x_NxD.shape[0], axis_name)
+  sq_x_N = jnp.sum(jnp.square(x_NxD), axis=-1)
+  if init_centroids is None:
+    centroids = _kmeans_plus_plus(x_NxD, sq_x_N, key, num_clusters, rows)
+  else:
+    centroids = init_centroids.astype(x_NxD.dtype)
+
+  def cond(state):
+    i, _, _, changed = state
+    return (i < num_iters) & changed
+
+  def body(state):
+    i, centroids, prev_N, _ = state
+    assign_N, dist_N = _nearest(x_NxD, sq_x_N, centroids)
+    # Unchanged assignments give unchanged centroids: the remaining iterations are no-ops.
+    changed = rows.sum(jnp.sum(assign_N != prev_N)) > 0
+    centroids = _update(x_NxD, assign_N, dist_N, num_clusters, rows)
+    return i + 1, centroids, assign_N, changed
+
+  prev_N = jnp.full_like(sq_x_N, -1, jnp.int32)
+  _, centroids, _, _ = lax.while_loop(cond, body, (0, centroids, prev_N, jnp.bool_(True)))
+  assign_N, _ = _nearest(x_NxD, sq_x_N, centroids)
+  inertia = rows.sum(jnp.sum(jnp.square(x_NxD - centroids[assign_N])))
+  return KMeansResult(centroids, assign_N, inertia)
+
+
+def kmeans(x: jax.Array,
+           num_clusters: int,
+           *,
+           key: jax.Array,
+           num_iters: int = 20,
+           init_centroids: Optional[jax.Array] = None,
+           axis_name: Optional[str] = None) -> KMeansResult:
+  """Lloyd's k-means on squared Euclidean distance, jitted.
+
+  Distances are ||x||^2 - 2 x c^T + ||c||^2 (one matmul per iteration). Each of at most
+  `num_iters` iterations assigns every row to its nearest centroid and moves each
+  centroid to the mean of its rows; an empty cluster is re-seeded at a row far from its
+  centroid (see `_update`), so centroids are never NaN. Iteration stops early once the
+  assignments no longer change (the later iterations would change nothing). The final
+  assignments and inertia are those of the returned centroids.
+
+  Args:
+    x: (n, d) float rows; n >= num_clusters. With `axis_name`, this device's rows.
+    num_clusters: N, the number of clusters.
+    key: PRNG key for the k-means++ seeding (unused when warm-started).
+    num_iters: the maximum number of Lloyd updates.
+    init_centroids: optional (N, d) warm start (e.g. the previous epoch's centroids, so
+      that cluster j keeps its identity); k-means++ seeding otherwise.
+    axis_name: when given, the call runs inside `jax.shard_map` with the rows of x
+      split evenly over this mesh axis; every reduction (sums, counts, inertia,
+      k-means++ sampling, re-seeding) is global, so the result matches one device up to
+      float rounding. `assignments` are then this device's rows; the rest is
+      replicated. See `kmeans_sharded`.
+
+  Returns:
+    KMeansResult(centroids (N, d) float32, assignments (n,) int32, inertia float32).
+  """
+  x = jnp.asarray(x, jnp.float32)
+  if x.ndim != 2:
+    raise ValueError(f"x must be 2-D (n, d), got shape {x.shape}")
+  if num_clusters < 1:
+    raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+  num_rows = x.shape[0] * (1 if axis_name is None else lax.axis_size(axis_name))
+  if num_rows < num_clusters:
+    raise ValueError(f"x has {num_rows} rows, fewer than num_clusters = {num_clusters}")
+  if init_centroids is not None:
+    init_centroids = jnp.asarray(init_centroids)
+    if init_centroids.shape != (num_clusters, x.shape[1]):
+      raise ValueError(
+          f"init_centroids must be (num_clusters, d) = {(num_clusters, x.shape[1])}, "
+          f"got shape {init_centroids.shape}")
+  return _kmeans(x, key, init_centroids, num_clusters=num_clusters, num_iters=num_iters,
+                 axis_name=axis_name)
+
+
+def kmeans_sharded(x: jax.Array,
+                   num_clusters: int,
+                   *,
+                   key: jax.Array,
+                   mesh: jax.sharding.Mesh,
+                   axis_name: str = "data",
+                   num_iters: int = 20,
+                   init_centroids: Optional[jax.Array] = None) -> KMeansResult:
+  """`kmeans` with the rows of x sharded over `mesh` axis `axis_name` (via shard_map).
+
+  Args:
+    x: (n, d) rows, n divisible by the size of the mesh axis; a host array is placed
+      with NamedSharding(mesh, P(axis_name)).
+    mesh: the device mesh; the other arguments are those of `kmeans`.
+
+  Returns:
+    KMeansResult with replicated centroids and inertia and assignments sharded like x.
+  """
+  P = jax.sharding.PartitionSpec
+  num_shards = mesh.shape[axis_name]
+  if x.ndim != 2 or x.shape[0] % num_shards:
+    raise ValueError(
+        f"x must be 2-D with rows divisible by the {num_shards} devices of mesh axis "
+        f"{axis_name!r}, got shape {x.shape}")
+  x = jax.device_put(x, jax.sharding.NamedSharding(mesh, P(axis_name)))
+  fn = functools.partial(kmeans, num_clusters=num_clusters, num_iters=num_iters,
+                         axis_name=axis_name)
+  if init_centroids is None:
+    run = jax.shard_map(lambda x, key: fn(x, key=key), mesh=mesh,
+                        in_specs=(P(axis_name), P()), out_specs=KMeansResult(P(), P(axis_name), P()))
+    return jax.jit(run)(x, key)
+  run = jax.shard_map(lambda x, key, c: fn(x, key=key, init_centroids=c), mesh=mesh,
+                      in_specs=(P(axis_name), P(), P()),
+                      out_specs=KMeansResult(P(), P(axis_name), P()))
+  return jax.jit(run)(x, key, jnp.asarray(init_centroids))
