@@ -1,0 +1,49 @@
+"""Precomputed features in an `.npz` file as a dataset."""
+
+from typing import Dict
+
+import numpy as np
+
+SPLIT_KEYS = ("query_idx", "database_idx", "train_idx")
+
+
+class FeatureSource:
+  """Features from an `.npz` with `features` (n, d) float and `labels` (n,) int or (n, c) multi-hot.
+
+  Optional `query_idx`, `database_idx`, `train_idx` (int index arrays into the n rows) are kept in
+  `given_splits` and used by `make_splits` instead of drawing those sets.
+  `source[i]` is {"features": float32 (d,), "label": int32 () or (c,)}.
+  """
+
+  kind = "features"
+
+  def __init__(self, path: str):
+    try:
+      with np.load(path) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as e:
+      raise ValueError(f"cannot read feature file {path}: {e}") from e
+    for key in ("features", "labels"):
+      if key not in arrays:
+        raise KeyError(f"feature file {path} has no {key!r} array (it has {sorted(arrays)})")
+    features, labels = arrays["features"], arrays["labels"]
+    if features.ndim != 2 or not np.issubdtype(features.dtype, np.number):
+      raise ValueError(f"{path}: 'features' must be a numeric (n, d) array, got {features.dtype} "
+                       f"{features.shape}")
+    if labels.ndim not in (1, 2) or labels.dtype.kind not in "iub":
+      raise ValueError(f"{path}: 'labels' must be int (n,) or multi-hot (n, c), got {labels.dtype} "
+                       f"{labels.shape}")
+    if len(labels) != len(features):
+      raise ValueError(f"{path}: 'features' {features.shape} and 'labels' {labels.shape} have "
+                       "different lengths")
+    self.features = features.astype(np.float32)
+    self.labels = labels.astype(np.int32)
+    self.given_splits: Dict[str, np.ndarray] = {
+        key: np.asarray(arrays[key]) for key in SPLIT_KEYS if key in arrays}
+    self.path = path
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int) -> dict:
+    return {"features": self.features[i], "label": self.labels[i]}

@@ -1,0 +1,148 @@
+"""tfds builder for NUS-WIDE from its files in the manual directory, prepared without TensorFlow.
+
+Two layouts are read (NUS-WIDE cannot be downloaded automatically):
+- official: `ImageList/Imagelist.txt` (one image path per line, Windows separators, e.g.
+  `C:\\ImageData\\Flickr\\actor\\0001_2124494179.jpg` or `actor\\0001_2124494179.jpg`) and
+  `Groundtruth/AllLabels/Labels_<concept>.txt` (one 0/1 line per image, same order; concepts in
+  sorted file-name order);
+- list: `nus_wide_list.txt` with `<relative image path> <c 0/1 values>` per line.
+Image paths are found under the manual directory, or its `Flickr/` or `images/` folder, dropping
+leading path parts (e.g. `C:/ImageData/`) as needed; the first image that exists fixes the rule.
+The stored record keeps the original JPEG bytes and every concept (labels uint8 (c,)); the top-k
+concept selection happens when reading (`sources.py`).
+"""
+
+from typing import List, Sequence, Tuple
+
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ucsh_jax.data import images
+from ucsh_jax.data import tfds_builder
+
+IMAGE_LIST = "ImageList/Imagelist.txt"
+LABELS_DIR = "Groundtruth/AllLabels"
+LIST_FILE = "nus_wide_list.txt"
+_IMAGE_ROOTS = ("", "Flickr", "images")
+
+
+def _path_parts(line: str) -> List[str]:
+  path = line.strip().replace("\\", "/")
+  if len(path) > 1 and path[1] == ":":  # Drive letter.
+    path = path[2:]
+  return [p for p in path.split("/") if p]
+
+
+def resolve_paths(manual_dir: str, entries: Sequence[List[str]], listing: str) -> List[str]:
+  """Path parts of each listed image -> file paths, with the rule the first existing image fixes."""
+  for parts in entries:
+    for root in _IMAGE_ROOTS:
+      for drop in range(len(parts)):
+        if os.path.isfile(os.path.join(manual_dir, root, *parts[drop:])):
+          return [os.path.join(manual_dir, root, *p[drop:]) for p in entries]
+  raise FileNotFoundError(
+      f"ucsh_nus_wide: none of the {len(entries)} images listed in {listing} exists under "
+      f"{manual_dir} (tried the folders {', '.join(repr(r) for r in _IMAGE_ROOTS)}); e.g. "
+      f"{'/'.join(entries[0]) if entries else 'no entries'}. Put the NUS-WIDE images there.")
+
+
+def _read_01(path: str, values: Sequence[str], where: str) -> np.ndarray:
+  try:
+    out = np.asarray([int(v) for v in values], np.uint8)
+  except ValueError:
+    out = None
+  if out is None or np.any(out > 1):
+    raise ValueError(f"{path}: {where} holds {' '.join(values)!r}; expected 0/1 values")
+  return out
+
+
+def read_official(manual_dir: str) -> Tuple[List[str], np.ndarray]:
+  """-> (image paths (n), labels uint8 (n, c)) from the official layout; concepts in name order."""
+  listing = os.path.join(manual_dir, IMAGE_LIST)
+  with open(listing) as f:
+    entries = [_path_parts(line) for line in f if line.strip()]
+  label_dir = os.path.join(manual_dir, LABELS_DIR)
+  names = sorted(f for f in os.listdir(label_dir) if f.startswith("Labels_") and f.endswith(".txt")
+                 ) if os.path.isdir(label_dir) else []
+  if not names:
+    raise FileNotFoundError(
+        f"ucsh_nus_wide: no Labels_<concept>.txt files in {label_dir}; put the NUS-WIDE "
+        "Groundtruth/AllLabels folder there.")
+  columns = []
+  for name in names:
+    path = os.path.join(label_dir, name)
+    with open(path) as f:
+      values = [line.strip() for line in f if line.strip()]
+    if len(values) != len(entries):
+      raise ValueError(f"{path} has {len(values)} lines but {listing} lists {len(entries)} images")
+    columns.append(_read_01(path, values, "a line"))
+  paths = resolve_paths(manual_dir, entries, listing)
+  return paths, np.stack(columns, axis=1)
+
+
+def read_list(manual_dir: str) -> Tuple[List[str], np.ndarray]:
+  """-> (image paths (n), labels uint8 (n, c)) from `nus_wide_list.txt`."""
+  listing = os.path.join(manual_dir, LIST_FILE)
+  entries, rows = [], []
+  with open(listing) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      path, *values = line.split()
+      if rows and len(values) != len(rows[0]):
+        raise ValueError(f"{listing}: line {number} has {len(values)} label values, line 1 has "
+                         f"{len(rows[0])}")
+      entries.append(_path_parts(path))
+      rows.append(_read_01(listing, values, f"line {number}"))
+  if not rows or not len(rows[0]):
+    raise ValueError(f"{listing}: expected lines '<image path> <0/1 values>'")
+  paths = resolve_paths(manual_dir, entries, listing)
+  return paths, np.stack(rows)
+
+
+class UcshNusWide(tfds_builder.ManualDirBuilder):
+  """NUS-WIDE (269,648 Flickr images, 81 concepts); features image/labels/file_name."""
+
+  name = "ucsh_nus_wide"
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      f"Put {IMAGE_LIST}, {LABELS_DIR}/Labels_<concept>.txt and the images (e.g. Flickr/<concept>/"
+      f"*.jpg) in the manual directory, or the images with a {LIST_FILE} of lines "
+      "'<relative image path> <0/1 per concept>'.")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="NUS-WIDE multi-label images; labels is multi-hot over every concept.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(encoding_format="jpeg"),
+            "labels": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+            "file_name": tfds.features.Text(),
+        }),
+        homepage="https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/NUS-WIDE.html",
+        disable_shuffling=True)  # Records stay in list order.
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything comes from the manual directory.
+    manual = os.fspath(self.manual_path)
+    if os.path.isfile(os.path.join(manual, IMAGE_LIST)):
+      paths, labels = read_official(manual)
+    elif os.path.isfile(os.path.join(manual, LIST_FILE)):
+      paths, labels = read_list(manual)
+    else:
+      raise FileNotFoundError(
+          f"{self.name}: neither {IMAGE_LIST} nor {LIST_FILE} is in the manual directory {manual}. "
+          + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    return {"train": self._generate_examples(paths, labels, manual)}
+
+  def _generate_examples(self, paths, labels_NxC, manual):
+    skipped = []
+    data = images.read_checked_many(paths, skip_corrupt=self.skip_corrupt)
+    for i, (path, encoded, labels) in enumerate(zip(paths, data, labels_NxC)):
+      if encoded is None:
+        skipped.append(path)
+        continue
+      yield i, {"image": encoded, "labels": labels, "file_name": os.path.relpath(path, manual)}
+    self.log_skipped(skipped)

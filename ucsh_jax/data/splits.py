@@ -1,0 +1,154 @@
+"""Protocol splits (query / database / training), deterministic from a seed, saved in the workdir.
+
+Single-label data (labels (n,)): the query set is stratified per class (num_query // classes each,
+one more for the first num_query % classes classes), the database is the rest, the training set is
+stratified the same way from the database. Multi-label data (labels (n, c)): images with no label
+are dropped, then query and training sets are uniform random draws. num_database = -1 keeps all the
+rest (else a uniform random subset); num_train = -1 trains on the whole database.
+Draws use `np.random.default_rng(seed)` in the order query, database, train.
+"""
+
+from typing import Dict, NamedTuple, Optional
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+SPLIT_NAMES = ("query", "database", "train")
+
+
+class Splits(NamedTuple):
+  """Sorted int64 index arrays into the source; train is a subset of database."""
+
+  query: np.ndarray
+  database: np.ndarray
+  train: np.ndarray
+
+
+def _stratified(rng: np.random.Generator, candidates: np.ndarray, labels: np.ndarray,
+                total: int, what: str) -> np.ndarray:
+  """`total` of `candidates`, spread evenly over the classes of `labels[candidates]`."""
+  classes = np.unique(labels[candidates])
+  per_class, extra = divmod(total, len(classes))
+  chosen = []
+  for j, c in enumerate(classes):
+    members = candidates[labels[candidates] == c]
+    k = per_class + (j < extra)
+    if k > len(members):
+      raise ValueError(f"{what}: class {c} has {len(members)} images, fewer than the {k} needed "
+                       f"for {total} spread over {len(classes)} classes")
+    chosen.append(rng.permutation(members)[:k])
+  return np.concatenate(chosen)
+
+
+def _draw(rng, candidates, labels, total, what) -> np.ndarray:
+  if total > len(candidates):
+    raise ValueError(f"{what}: asked for {total} but only {len(candidates)} images are available")
+  if labels.ndim == 1:
+    return _stratified(rng, candidates, labels, total, what)
+  return rng.permutation(candidates)[:total]
+
+
+def protocol_splits(labels: np.ndarray, *, num_query: int, num_database: int, num_train: int,
+                    seed: int, given: Optional[Dict[str, np.ndarray]] = None) -> Splits:
+  """Draws the splits for `labels` ((n,) int or (n, c) multi-hot); see the module docstring.
+
+  `given` may hold `query_idx`, `database_idx`, `train_idx` (a feature file's): those are used
+  as they are; a missing database is the rest of the eligible images, a missing train set is drawn
+  from the database.
+  """
+  given = given or {}
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  eligible = np.arange(len(labels)) if labels.ndim == 1 else np.flatnonzero(labels.any(axis=1))
+  if "query_idx" in given:
+    query = np.asarray(given["query_idx"], np.int64)
+  else:
+    if num_query <= 0:
+      raise ValueError(f"num_query must be positive, got {num_query}")
+    query = _draw(rng, eligible, labels, num_query, "query set")
+  if "database_idx" in given:
+    database = np.asarray(given["database_idx"], np.int64)
+  else:
+    database = np.setdiff1d(eligible, query)
+    if num_database != -1:
+      if not 0 < num_database <= len(database):
+        raise ValueError(f"num_database={num_database} but {len(database)} images are left after "
+                         "the query set (-1 takes them all)")
+      database = rng.permutation(database)[:num_database]
+  if "train_idx" in given:
+    train = np.asarray(given["train_idx"], np.int64)
+  elif num_train == -1:
+    train = database
+  else:
+    train = _draw(rng, database, labels, num_train, "training set (drawn from the database)")
+  return Splits(*(np.sort(s).astype(np.int64) for s in (query, database, train)))
+
+
+def check_splits(splits: Splits, num_examples: int, where: str) -> Splits:
+  """Raises ValueError unless the splits are unique in-range indices, query and database are
+  disjoint and train is a subset of database."""
+  for name, idx in zip(SPLIT_NAMES, splits):
+    if idx.ndim != 1 or len(idx) == 0:
+      raise ValueError(f"{where}: {name} must be a non-empty 1-D index array, got shape {idx.shape}")
+    if idx.min() < 0 or idx.max() >= num_examples:
+      raise ValueError(f"{where}: {name} indices span [{idx.min()}, {idx.max()}] but the dataset "
+                       f"has {num_examples} examples")
+    if len(np.unique(idx)) != len(idx):
+      raise ValueError(f"{where}: {name} has repeated indices")
+  if np.intersect1d(splits.query, splits.database).size:
+    raise ValueError(f"{where}: query and database share "
+                     f"{np.intersect1d(splits.query, splits.database).size} indices")
+  if np.setdiff1d(splits.train, splits.database).size:
+    raise ValueError(f"{where}: {np.setdiff1d(splits.train, splits.database).size} train indices "
+                     "are not in the database")
+  return splits
+
+
+def _save(splits: Splits, folder: str, num_examples: int, seed: int) -> None:
+  os.makedirs(folder, exist_ok=True)
+  for name, idx in zip(SPLIT_NAMES, splits):
+    np.save(os.path.join(folder, f"{name}.tmp.npy"), idx)
+    os.replace(os.path.join(folder, f"{name}.tmp.npy"), os.path.join(folder, f"{name}.npy"))
+  with open(os.path.join(folder, "info.json"), "w") as f:
+    json.dump({"num_examples": num_examples, "seed": seed}, f)
+
+
+def _load(folder: str, num_examples: int) -> Splits:
+  info_path = os.path.join(folder, "info.json")
+  if os.path.exists(info_path):
+    with open(info_path) as f:
+      saved = json.load(f)["num_examples"]
+    if saved != num_examples:
+      raise ValueError(f"the splits in {folder} were made for a dataset of {saved} examples but "
+                       f"this one has {num_examples}; use a new workdir or delete {folder}")
+  splits = Splits(*(np.load(os.path.join(folder, f"{n}.npy")).astype(np.int64)
+                    for n in SPLIT_NAMES))
+  return check_splits(splits, num_examples, folder)
+
+
+def make_splits(data_config: ml_collections.ConfigDict, source, *, seed: int,
+                workdir: Optional[str]) -> Splits:
+  """Query / database / training indices into `source`, from `workdir/splits/` when saved there.
+
+  Otherwise drawn with `protocol_splits` (sizes `data_config.num_query`, `num_database`,
+  `num_train`; a feature file's own index arrays win), checked, and saved by process 0 as
+  `workdir/splits/{query,database,train}.npy` plus `info.json` (dataset size, seed). Saved splits
+  are checked against the dataset size. workdir None: nothing is read or written.
+  """
+  num_examples = len(source)
+  folder = os.path.join(workdir, "splits") if workdir else None
+  if folder and all(os.path.exists(os.path.join(folder, f"{n}.npy")) for n in SPLIT_NAMES):
+    return _load(folder, num_examples)
+  splits = protocol_splits(
+      source.labels, num_query=int(data_config.num_query),
+      num_database=int(data_config.get("num_database", -1)),
+      num_train=int(data_config.num_train), seed=seed,
+      given=getattr(source, "given_splits", None))
+  check_splits(splits, num_examples, f"splits of {data_config.name}")
+  if folder and jax.process_index() == 0:
+    _save(splits, folder, num_examples, seed)
+  return splits
