@@ -12,6 +12,7 @@ from typing import Iterator, Optional, Tuple
 
 import math
 
+from absl import flags
 import grain
 import jax
 import numpy as np
@@ -82,8 +83,14 @@ class _Normalise:
 
 def _finish(ds: grain.MapDataset, batch_size: int, preprocessing: Preprocessing,
             num_workers: int) -> grain.DatasetIterator:
-  it = ds.to_iter_dataset().batch(batch_size, drop_remainder=True).map(_Normalise(preprocessing))
+  # Batching before to_iter_dataset makes each element a whole batch, so worker processes (which
+  # take every num_workers-th element) interleave whole batches and the order does not depend on
+  # num_workers.
+  it = ds.batch(batch_size, drop_remainder=True).map(_Normalise(preprocessing)).to_iter_dataset()
   if num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # grain 0.2.18 workers read absl flags, which raises outside an absl app (grain issue #1355).
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(it)
 
