@@ -76,6 +76,15 @@ def test_hamming_distance_matches_inner_product(num_bits):
   np.testing.assert_array_equal(got, _np_dist(query_codes, db_codes))
 
 
+def test_hamming_top_k_is_the_stable_ranking():
+  query_codes, db_codes, _, _ = _data(5, False, seed=6)
+  indices, distances = metrics.hamming_top_k(query_codes, db_codes, 40)
+  dist = _np_dist(query_codes, db_codes)
+  want = np.argsort(dist, axis=1, kind="stable")[:, :40]
+  np.testing.assert_array_equal(indices, want)
+  np.testing.assert_array_equal(distances, np.take_along_axis(dist, want, axis=1))
+
+
 @pytest.mark.parametrize("multi_label", [False, True])
 def test_precision_at_k_matches_numpy(multi_label):
   data = _data(6, multi_label, seed=4)
@@ -112,6 +121,7 @@ def test_precision_recall_curve_and_radius_match_numpy(multi_label):
     (lambda q, d, ql, dl: metrics.mean_average_precision(q, d, ql, dl, topk=0), "topk"),
     (lambda q, d, ql, dl: metrics.precision_at_k(q, d, ql, dl, [0, 5]), "ks"),
     (lambda q, d, ql, dl: metrics.hamming_distance(q[0], d), "query_codes"),
+    (lambda q, d, ql, dl: metrics.hamming_top_k(q, d, 0), "k must be"),
 ])
 def test_bad_arguments_raise(call, name):
   with pytest.raises(ValueError, match=name):

@@ -158,6 +158,30 @@ def hamming_distance(query_codes, db_codes) -> np.ndarray:
   return out
 
 
+def hamming_top_k(query_codes, db_codes, k: int) -> Tuple[np.ndarray, np.ndarray]:
+  """The k nearest database codes of each query, ties broken by database index.
+
+  Args:
+    query_codes: (q, k_bits) +-1 codes.
+    db_codes: (m, k_bits) +-1 codes.
+    k: number of neighbours, 1..m.
+
+  Returns:
+    (indices, distances): (q, k) int64 database indices in rank order and their (q, k)
+    int32 Hamming distances.
+  """
+  data = _Retrieval(query_codes, db_codes)
+  if not 1 <= k <= data.num_db:
+    raise ValueError(f"k must be in 1..{data.num_db}, got {k}")
+  indices = np.empty((data.num_queries, k), np.int64)
+  distances = np.empty((data.num_queries, k), np.int32)
+  for start, dist_BxM in data.distance_chunks():
+    b = len(dist_BxM)
+    indices[start:start + b] = top_BxK = data.ranked(dist_BxM, k)
+    distances[start:start + b] = np.take_along_axis(dist_BxM, top_BxK, axis=1)
+  return indices, distances
+
+
 def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
                            topk=None) -> float:
   """mAP@topk of Hamming ranking (DESIGN.md section 4).
