@@ -6,7 +6,6 @@ from typing import NamedTuple, Optional
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
 
 
 class KMeansResult(NamedTuple):
@@ -193,6 +192,20 @@ def kmeans(x: jax.Array,
                  axis_name=axis_name)
 
 
+@functools.lru_cache(maxsize=32)
+def _sharded_fn(mesh, axis_name, num_clusters, num_iters, warm):
+  """jit(shard_map(kmeans)) for one configuration, built once and reused."""
+  P = jax.sharding.PartitionSpec
+
+  def per_device(x, key, *init):
+    return kmeans(x, num_clusters, key=key, num_iters=num_iters,
+                  init_centroids=init[0] if warm else None, axis_name=axis_name)
+
+  in_specs = (P(axis_name), P()) + ((P(),) if warm else ())
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=in_specs,
+                               out_specs=KMeansResult(P(), P(axis_name), P())))
+
+
 def kmeans_sharded(x: jax.Array,
                    num_clusters: int,
                    *,
@@ -204,27 +217,20 @@ def kmeans_sharded(x: jax.Array,
   """`kmeans` with the rows of x sharded over `mesh` axis `axis_name` (via shard_map).
 
   Args:
-    x: (n, d) rows, n divisible by the size of the mesh axis; a host array is placed
-      with NamedSharding(mesh, P(axis_name)).
+    x: (n, d) rows, n divisible by the size of the mesh axis; an array placed otherwise
+      (or a host array) is put with NamedSharding(mesh, P(axis_name)).
     mesh: the device mesh; the other arguments are those of `kmeans`.
 
   Returns:
     KMeansResult with replicated centroids and inertia and assignments sharded like x.
   """
-  P = jax.sharding.PartitionSpec
   num_shards = mesh.shape[axis_name]
   if x.ndim != 2 or x.shape[0] % num_shards:
     raise ValueError(
         f"x must be 2-D with rows divisible by the {num_shards} devices of mesh axis "
         f"{axis_name!r}, got shape {x.shape}")
-  x = jax.device_put(x, jax.sharding.NamedSharding(mesh, P(axis_name)))
-  fn = functools.partial(kmeans, num_clusters=num_clusters, num_iters=num_iters,
-                         axis_name=axis_name)
+  x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name)))
+  fn = _sharded_fn(mesh, axis_name, num_clusters, num_iters, init_centroids is not None)
   if init_centroids is None:
-    run = jax.shard_map(lambda x, key: fn(x, key=key), mesh=mesh,
-                        in_specs=(P(axis_name), P()), out_specs=KMeansResult(P(), P(axis_name), P()))
-    return jax.jit(run)(x, key)
-  run = jax.shard_map(lambda x, key, c: fn(x, key=key, init_centroids=c), mesh=mesh,
-                      in_specs=(P(axis_name), P(), P()),
-                      out_specs=KMeansResult(P(), P(axis_name), P()))
-  return jax.jit(run)(x, key, jnp.asarray(init_centroids))
+    return fn(x, key)
+  return fn(x, key, jnp.asarray(init_centroids))
