@@ -7,6 +7,10 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+# Full float32 matmuls (no TF32 or bf16 passes on accelerators): assignments compare
+# distances that differ by little.
+_HIGHEST = lax.Precision.HIGHEST
+
 
 class KMeansResult(NamedTuple):
   """Result of `kmeans`.
@@ -61,7 +65,8 @@ class _Rows:
 def _nearest(x_NxD, sq_x_N, centroids_CxD):
   """Nearest centroid of each row and the squared distance to it (clipped at 0)."""
   # ||x||^2 is the same for every centroid, so it only enters the distance, not the argmin.
-  part_NxC = jnp.sum(jnp.square(centroids_CxD), axis=-1) - 2.0 * (x_NxD @ centroids_CxD.T)
+  cross_NxC = jnp.matmul(x_NxD, centroids_CxD.T, precision=_HIGHEST)
+  part_NxC = jnp.sum(jnp.square(centroids_CxD), axis=-1) - 2.0 * cross_NxC
   assign_N = jnp.argmin(part_NxC, axis=-1).astype(jnp.int32)
   dist_N = jnp.maximum(sq_x_N + jnp.min(part_NxC, axis=-1), 0.0)
   return assign_N, dist_N
@@ -83,7 +88,8 @@ def _kmeans_plus_plus(x_NxD, sq_x_N, key, num_clusters, rows):
   def body(i, state):
     centroids, dist_N = state
     c_D = centroids[i - 1]
-    new_N = jnp.maximum(sq_x_N - 2.0 * (x_NxD @ c_D) + jnp.sum(jnp.square(c_D)), 0.0)
+    cross_N = jnp.matmul(x_NxD, c_D, precision=_HIGHEST)
+    new_N = jnp.maximum(sq_x_N - 2.0 * cross_N + jnp.sum(jnp.square(c_D)), 0.0)
     dist_N = jnp.minimum(dist_N, new_N)
     log_weight_N = jnp.where(dist_N > 0, jnp.log(dist_N), -jnp.inf)
     return centroids.at[i].set(draw(i, log_weight_N)), dist_N
@@ -100,7 +106,7 @@ def _update(x_NxD, assign_N, dist_N, num_clusters, rows):
   to its own centroid (lowest global index first on ties).
   """
   one_hot_NxC = (assign_N[:, None] == jnp.arange(num_clusters)).astype(x_NxD.dtype)
-  sums_CxD = rows.sum(one_hot_NxC.T @ x_NxD)
+  sums_CxD = rows.sum(jnp.matmul(one_hot_NxC.T, x_NxD, precision=_HIGHEST))
   counts_C = rows.sum(jnp.sum(one_hot_NxC, axis=0))
   means_CxD = sums_CxD / jnp.maximum(counts_C, 1.0)[:, None]
 
@@ -153,10 +159,11 @@ def kmeans(x: jax.Array,
 
   Distances are ||x||^2 - 2 x c^T + ||c||^2 (one matmul per iteration). Each of at most
   `num_iters` iterations assigns every row to its nearest centroid and moves each
-  centroid to the mean of its rows; an empty cluster is re-seeded at a row far from its
-  centroid (see `_update`), so centroids are never NaN. Iteration stops early once the
-  assignments no longer change (the later iterations would change nothing). The final
-  assignments and inertia are those of the returned centroids.
+  centroid to the mean of its rows. An empty cluster is re-seeded, so centroids are never
+  NaN: the j-th empty cluster (in index order) moves to the row with the j-th largest
+  distance to its nearest centroid. Iteration stops early once the assignments no longer
+  change (the later iterations would change nothing). The final assignments and inertia
+  are those of the returned centroids.
 
   Args:
     x: (n, d) float rows; n >= num_clusters. With `axis_name`, this device's rows.

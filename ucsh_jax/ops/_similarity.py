@@ -24,10 +24,10 @@ def _check_features(x, name):
     raise ValueError(f"{name} must be 2-D (n, d), got shape {x.shape}")
 
 
-def _cosine(x_NxD: jax.Array) -> jax.Array:
+def _cosine(x_NxD: jax.Array, precision=None) -> jax.Array:
   sq_N = jnp.sum(jnp.square(x_NxD), axis=-1, keepdims=True)
   unit_NxD = x_NxD * jax.lax.rsqrt(jnp.maximum(sq_N, _EPS**2))
-  return unit_NxD @ unit_NxD.T
+  return jnp.matmul(unit_NxD, unit_NxD.T, precision=precision)
 
 
 def pairwise_similarity(x: jax.Array) -> jax.Array:
@@ -65,7 +65,8 @@ def similarity_threshold(x: jax.Array) -> ThresholdEstimate:
   n = x.shape[0]
   if n < 2:
     raise ValueError(f"x needs at least 2 rows to form a pair, got shape {x.shape}")
-  dist_NxN = jnp.clip(1.0 - _cosine(x), 0.0, 2.0)
+  # Full float32 precision: the histogram bins are 0.01 wide.
+  dist_NxN = jnp.clip(1.0 - _cosine(x, jax.lax.Precision.HIGHEST), 0.0, 2.0)
   upper_NxN = jnp.triu(jnp.ones((n, n), jnp.bool_), k=1)
   bin_NxN = jnp.minimum(jnp.floor(dist_NxN * _NUM_BINS), _NUM_BINS - 1).astype(jnp.int32)
   in_range_NxN = upper_NxN & (dist_NxN <= 1.0)
