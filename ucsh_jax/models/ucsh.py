@@ -1,0 +1,165 @@
+"""The UCSH network: VGG16 features -> hash layer -> codes, with a binary-latent VAE decoder."""
+
+import functools
+from typing import Any, Dict, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ucsh_jax import ops
+from ucsh_jax.models import vgg
+
+CODE_ACTIVATIONS = ("sign", "tanh")
+
+
+class HashHead(nn.Module):
+  """Hash layer h = W dropout(x) + b, codes b = sign_ste(h), and the VAE decoder.
+
+  The decoder reconstructs the features from a code z: in train mode z is drawn from the
+  encoder q(b|x) = Bernoulli(sigmoid(h)) (the 'sample' rng) and mapped to +-1, with a
+  straight-through gradient to its mean 2 sigmoid(h) - 1; in eval mode z = sign(h).
+
+  Attributes:
+    bits: code length k.
+    feature_dim: d, the size of the features to reconstruct.
+    decoder_hidden: width of the decoder's ReLU hidden layer.
+    code_activation: "sign" (UCSH) or "tanh" (the UCSH-R relaxation) for "codes".
+    dropout_rate: dropout on the features before the hash layer in train mode (the
+      'dropout' rng); 0 disables it.
+    dtype: computation dtype; parameters stay float32.
+
+  Submodules: `hash` (d -> k), `decoder_hidden` (k -> decoder_hidden), `decoder_out`
+  (decoder_hidden -> d), all Dense.
+  """
+
+  bits: int
+  feature_dim: int
+  decoder_hidden: int = 1024
+  code_activation: str = "sign"
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jax.Array, *, train: bool) -> Dict[str, jax.Array]:
+    """Encodes features and reconstructs them from a code.
+
+    Args:
+      features: (n, feature_dim) features x (fc7 after ReLU).
+      train: enables dropout and the sampled decoder code.
+
+    Returns:
+      "logits" (n, bits) hash-layer output h; "codes" (n, bits) sign_ste(h), or tanh(h)
+      for code_activation "tanh"; "reconstruction" (n, feature_dim); all float32.
+    """
+    if self.code_activation not in CODE_ACTIVATIONS:
+      raise ValueError(
+          f"code_activation must be one of {CODE_ACTIVATIONS}, got {self.code_activation!r}")
+    if features.ndim != 2 or features.shape[1] != self.feature_dim:
+      raise ValueError(f"HashHead expects features of shape (n, {self.feature_dim}), "
+                       f"got {features.shape}")
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(features.astype(self.dtype))
+    logits_NxK = dense(self.bits, name="hash")(x).astype(jnp.float32)
+    if self.code_activation == "tanh":
+      codes_NxK = jnp.tanh(logits_NxK)
+    else:
+      codes_NxK = ops.sign_ste(logits_NxK)
+
+    if train:
+      mean_NxK = 2.0 * jax.nn.sigmoid(logits_NxK) - 1.0
+      # u < sigmoid(h) happens with probability sigmoid(h): a Bernoulli draw as +-1.
+      uniform_NxK = jax.random.uniform(self.make_rng("sample"), logits_NxK.shape)
+      sample_NxK = jnp.where(uniform_NxK < jax.nn.sigmoid(logits_NxK), 1.0, -1.0)
+      latent_NxK = mean_NxK + jax.lax.stop_gradient(sample_NxK - mean_NxK)
+    else:
+      latent_NxK = ops.sign_ste(logits_NxK)
+    hidden = nn.relu(dense(self.decoder_hidden, name="decoder_hidden")(latent_NxK))
+    reconstruction_NxD = dense(self.feature_dim, name="decoder_out")(hidden)
+    return {"logits": logits_NxK, "codes": codes_NxK,
+            "reconstruction": reconstruction_NxD.astype(jnp.float32)}
+
+
+class UCSH(nn.Module):
+  """VGG16 up to fc7 (submodule `backbone`) followed by a HashHead (submodule `head`).
+
+  Attributes:
+    bits: code length k.
+    width: VGG16 width multiplier (1.0 for the pretrained network).
+    pooled_size: side of VGG16's adaptive average pool.
+    decoder_hidden: width of the decoder's hidden layer.
+    code_activation: "sign" or "tanh" (UCSH-R).
+    dropout_rate: dropout after fc6 and on fc7 before the hash layer, in train mode.
+    dtype: computation dtype; parameters stay float32.
+  """
+
+  bits: int
+  width: float = 1.0
+  pooled_size: int = 7
+  decoder_hidden: int = 1024
+  code_activation: str = "sign"
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> Dict[str, jax.Array]:
+    """Encodes images; train mode needs the 'dropout' and 'sample' rngs.
+
+    Args:
+      images: (n, H, W, 3) normalised float images, H, W >= 32.
+      train: enables dropout and the decoder's sampled code.
+
+    Returns:
+      "features" (n, F) fc7 after ReLU (F = 4096 * width) and HashHead's "logits",
+      "codes" and "reconstruction"; all float32.
+    """
+    features = vgg.VGG16(num_classes=None, width=self.width, pooled_size=self.pooled_size,
+                         dropout_rate=self.dropout_rate, dtype=self.dtype,
+                         name="backbone")(images, train=train)["fc7"]
+    head = HashHead(bits=self.bits, feature_dim=features.shape[-1],
+                    decoder_hidden=self.decoder_hidden, code_activation=self.code_activation,
+                    dropout_rate=self.dropout_rate, dtype=self.dtype, name="head")
+    return {"features": features, **head(features, train=train)}
+
+
+def with_pretrained_backbone(ucsh_params: Mapping[str, Any],
+                             vgg_params: Mapping[str, Any]) -> Dict[str, Any]:
+  """Returns a copy of UCSH params whose backbone (conv1_1 .. fc7) comes from VGG16 params.
+
+  Args:
+    ucsh_params: `variables["params"]` of UCSH, with entries "backbone" and "head".
+    vgg_params: `variables["params"]` of VGG16 (e.g. from `load_pretrained`); fc8 is dropped.
+
+  Returns:
+    New params; the head is kept, every backbone array is replaced by the pretrained one
+    cast to the model's parameter dtype.
+
+  Raises:
+    ValueError: naming the missing or unexpected layers, or the parameter and both shapes.
+  """
+  if "backbone" not in ucsh_params:
+    raise ValueError("ucsh_params has no 'backbone' entry (keys: "
+                     f"{sorted(ucsh_params)}); pass the UCSH variables['params']")
+  backbone = ucsh_params["backbone"]
+  missing = sorted(set(backbone) - set(vgg_params))
+  unexpected = sorted(set(vgg_params) - set(backbone) - {"fc8"})
+  if missing or unexpected:
+    raise ValueError(f"pretrained VGG16 params do not match the UCSH backbone: missing layers "
+                     f"{missing}, unexpected layers {unexpected}")
+  new_backbone, errors = {}, []
+  for layer, layer_params in backbone.items():
+    if set(layer_params) != set(vgg_params[layer]):
+      raise ValueError(f"pretrained layer '{layer}' has parameters {sorted(vgg_params[layer])}, "
+                       f"the UCSH backbone has {sorted(layer_params)}")
+    new_backbone[layer] = {}
+    for name, current in layer_params.items():
+      pretrained = vgg_params[layer][name]
+      if tuple(pretrained.shape) != tuple(current.shape):
+        errors.append(f"backbone/{layer}/{name}: pretrained shape {tuple(pretrained.shape)}, "
+                      f"model shape {tuple(current.shape)}")
+      else:
+        new_backbone[layer][name] = jnp.asarray(pretrained, current.dtype)
+  if errors:
+    raise ValueError("pretrained VGG16 params do not fit the UCSH backbone (another width or "
+                     "pooled size?): " + "; ".join(errors))
+  return {**ucsh_params, "backbone": new_backbone}
