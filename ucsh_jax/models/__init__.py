@@ -1,5 +1,8 @@
 """Flax VGG16, the UCSH network, and ImageNet VGG16 weights converted on load."""
 
+from ucsh_jax.models.download import download_pretrained
+from ucsh_jax.models.pretrained import load_pretrained
+from ucsh_jax.models.safe_pickle import UnsafePickleError
 from ucsh_jax.models.ucsh import HashHead
 from ucsh_jax.models.ucsh import UCSH
 from ucsh_jax.models.ucsh import with_pretrained_backbone
@@ -10,8 +13,11 @@ from ucsh_jax.models.vgg import vgg16_param_shapes
 __all__ = (
     "HashHead",
     "UCSH",
+    "UnsafePickleError",
     "VGG16",
     "adaptive_avg_pool",
+    "download_pretrained",
+    "load_pretrained",
     "vgg16_param_shapes",
     "with_pretrained_backbone",
 )
