@@ -54,8 +54,11 @@ def test_train_batches_are_resized_normalised_and_indexed():
   assert batch["image"].shape == (4, 12, 12, 3) and batch["image"].dtype == np.float32
   assert batch["index"].dtype == np.int32
   for image, index in zip(batch["image"], batch["index"]):
-    np.testing.assert_allclose(
-        image, expected_image(source.images[train_idx[index]], 12, CAFFE), rtol=1e-5, atol=1e-3)
+    want = expected_image(source.images[train_idx[index]], 12, CAFFE)
+    np.testing.assert_allclose(image, want, rtol=1e-5, atol=1e-3)
+    resized = np.asarray(PIL.Image.fromarray(source.images[train_idx[index]]).resize(
+        (12, 12), PIL.Image.BILINEAR))
+    np.testing.assert_array_equal(image, CAFFE.apply(resized))  # Bit for bit.
 
 
 def test_every_epoch_is_a_fresh_permutation_without_the_remainder():

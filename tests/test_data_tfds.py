@@ -203,7 +203,7 @@ def test_mirflickr_corrupt_image_is_named_or_skipped(tmp_path, caplog):
 
 
 def make_nus_wide(root, n=8, concepts=("car", "dog", "person", "sky", "water"), seed=0):
-  """Images under Flickr/<folder>/ and both list formats; returns (relative paths, labels (n, c))."""
+  """Images under Flickr/<folder>/ and both list formats; returns (relative paths, labels)."""
   rng = np.random.default_rng(seed)
   relative = [f"Flickr/{concepts[i % 3]}/{i:04d}_{1000 + i}.jpg" for i in range(n)]
   for i, rel in enumerate(relative):
@@ -243,12 +243,18 @@ def test_nus_wide_both_list_formats_give_the_same_dataset(tmp_path):
   np.testing.assert_array_equal(sources[0].labels, sources[1].labels)
 
 
-def test_nus_wide_label_file_length_mismatch_is_an_error(tmp_path):
+def test_nus_wide_label_length_mismatches_are_errors(tmp_path):
   make_nus_wide(tmp_path)
   label_file = tmp_path / "official" / "Groundtruth" / "AllLabels" / "Labels_dog.txt"
   label_file.write_text("".join(label_file.read_text().splitlines(keepends=True)[:-1]))
   with pytest.raises(ValueError, match="Labels_dog.txt has 7 lines but .* lists 8 images"):
     data.get_source(data_config(name="nus_wide", manual_dir=str(tmp_path / "official"),
+                                data_dir=str(tmp_path / "tfds")))
+  listing = tmp_path / "list" / "nus_wide_list.txt"
+  lines = listing.read_text().splitlines(keepends=True)
+  listing.write_text("".join(lines[:4] + [lines[4].rstrip() + " 1\n"] + lines[5:]))
+  with pytest.raises(ValueError, match="line 5 has 6 label values, line 1 has 5"):
+    data.get_source(data_config(name="nus_wide", manual_dir=str(tmp_path / "list"),
                                 data_dir=str(tmp_path / "tfds")))
 
 

@@ -85,7 +85,8 @@ def read_archive(path) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
       raise ValueError(f"{path}: batches.meta label names {names} are not CIFAR-10's {LABEL_NAMES}")
 
   def decode(name):
-    data, labels = np.asarray(batches[name][b"data"], np.uint8), np.asarray(batches[name][b"labels"])
+    data = np.asarray(batches[name][b"data"], np.uint8)
+    labels = np.asarray(batches[name][b"labels"])
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
       raise ValueError(f"{path}: {name} has data of shape {data.shape} and {len(labels)} labels; "
                        "expected (N, 3072) and N")
@@ -102,7 +103,8 @@ class UcshCifar10(tfds_builder.ManualDirBuilder):
   name = "ucsh_cifar10"
   VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f"Without network access, download {URL} elsewhere and put {ARCHIVE} in the manual directory.")
+      f"Without network access, download {URL} elsewhere and put {ARCHIVE} in the manual "
+      "directory.")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

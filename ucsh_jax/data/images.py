@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import PIL.Image
 
-# Decoding errors PIL raises for unreadable or truncated data (UnidentifiedImageError is an OSError).
+# What PIL raises for unreadable or truncated data (UnidentifiedImageError is an OSError).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, PIL.Image.DecompressionBombError)
 
 

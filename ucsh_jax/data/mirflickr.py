@@ -1,4 +1,4 @@
-"""tfds builder for MIRFLICKR-25K from its files in the manual directory, prepared without TensorFlow.
+"""tfds builder for MIRFLICKR-25K from its files in the manual directory (no TensorFlow needed).
 
 Layout (MIRFLICKR-25K cannot be downloaded automatically): `mirflickr/im1.jpg .. im25000.jpg` and
 the annotation files of `mirflickr25k_annotations_v080.zip`, one per label (`animals.txt`,

@@ -48,14 +48,13 @@ def resolve_paths(manual_dir: str, entries: Sequence[List[str]], listing: str) -
       f"{'/'.join(entries[0]) if entries else 'no entries'}. Put the NUS-WIDE images there.")
 
 
-def _read_01(path: str, values: Sequence[str], where: str) -> np.ndarray:
-  try:
-    out = np.asarray([int(v) for v in values], np.uint8)
-  except ValueError:
-    out = None
-  if out is None or np.any(out > 1):
-    raise ValueError(f"{path}: {where} holds {' '.join(values)!r}; expected 0/1 values")
-  return out
+def _read_01(values: Sequence[str], where: str) -> np.ndarray:
+  """'0'/'1' strings -> uint8; ValueError naming `where` and the first other value."""
+  text = np.asarray(values)
+  bad = np.flatnonzero((text != "0") & (text != "1"))
+  if bad.size:
+    raise ValueError(f"{where}: value {bad[0] + 1} is {text[bad[0]]!r}; expected 0 or 1")
+  return (text == "1").astype(np.uint8)
 
 
 def read_official(manual_dir: str) -> Tuple[List[str], np.ndarray]:
@@ -64,8 +63,8 @@ def read_official(manual_dir: str) -> Tuple[List[str], np.ndarray]:
   with open(listing) as f:
     entries = [_path_parts(line) for line in f if line.strip()]
   label_dir = os.path.join(manual_dir, LABELS_DIR)
-  names = sorted(f for f in os.listdir(label_dir) if f.startswith("Labels_") and f.endswith(".txt")
-                 ) if os.path.isdir(label_dir) else []
+  names = sorted(f for f in (os.listdir(label_dir) if os.path.isdir(label_dir) else [])
+                 if f.startswith("Labels_") and f.endswith(".txt"))
   if not names:
     raise FileNotFoundError(
         f"ucsh_nus_wide: no Labels_<concept>.txt files in {label_dir}; put the NUS-WIDE "
@@ -77,7 +76,7 @@ def read_official(manual_dir: str) -> Tuple[List[str], np.ndarray]:
       values = [line.strip() for line in f if line.strip()]
     if len(values) != len(entries):
       raise ValueError(f"{path} has {len(values)} lines but {listing} lists {len(entries)} images")
-    columns.append(_read_01(path, values, "a line"))
+    columns.append(_read_01(values, f"{path} (value k is line k)"))
   paths = resolve_paths(manual_dir, entries, listing)
   return paths, np.stack(columns, axis=1)
 
@@ -95,7 +94,7 @@ def read_list(manual_dir: str) -> Tuple[List[str], np.ndarray]:
         raise ValueError(f"{listing}: line {number} has {len(values)} label values, line 1 has "
                          f"{len(rows[0])}")
       entries.append(_path_parts(path))
-      rows.append(_read_01(listing, values, f"line {number}"))
+      rows.append(_read_01(values, f"{listing} line {number} (value k is label k)"))
   if not rows or not len(rows[0]):
     raise ValueError(f"{listing}: expected lines '<image path> <0/1 values>'")
   paths = resolve_paths(manual_dir, entries, listing)
@@ -121,7 +120,7 @@ class UcshNusWide(tfds_builder.ManualDirBuilder):
             "labels": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
             "file_name": tfds.features.Text(),
         }),
-        homepage="https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/NUS-WIDE.html",
+        homepage="https://lms.comp.nus.edu.sg/research/NUS-WIDE.html",
         disable_shuffling=True)  # Records stay in list order.
 
   def _split_generators(self, dl_manager):

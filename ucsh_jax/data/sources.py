@@ -83,7 +83,8 @@ def _read_labels(parts: Sequence, key: str, chunk: int = 1024) -> np.ndarray:
   values = []
   for part in parts:
     for start in range(0, len(part), chunk):
-      values += [r[key] for r in part.__getitems__(list(range(start, min(start + chunk, len(part)))))]
+      keys = list(range(start, min(start + chunk, len(part))))
+      values += [record[key] for record in part.__getitems__(keys)]
   return np.asarray(values, np.int32)
 
 

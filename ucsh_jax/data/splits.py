@@ -93,7 +93,8 @@ def check_splits(splits: Splits, num_examples: int, where: str) -> Splits:
   disjoint and train is a subset of database."""
   for name, idx in zip(SPLIT_NAMES, splits):
     if idx.ndim != 1 or len(idx) == 0:
-      raise ValueError(f"{where}: {name} must be a non-empty 1-D index array, got shape {idx.shape}")
+      raise ValueError(f"{where}: {name} must be a non-empty 1-D index array, got shape "
+                       f"{idx.shape}")
     if idx.min() < 0 or idx.max() >= num_examples:
       raise ValueError(f"{where}: {name} indices span [{idx.min()}, {idx.max()}] but the dataset "
                        f"has {num_examples} examples")

@@ -1,4 +1,4 @@
-"""The part the project's tfds builders share: where the manual files are, what to do with bad images.
+"""What the project's tfds builders share: the manual directory and what to do with bad images.
 
 The builders prepare without TensorFlow: they hand tfds encoded image bytes (PNG made with PIL, or
 the original JPEG bytes), never numpy image arrays, and are prepared with
