@@ -1,4 +1,4 @@
-"""A CPU-friendly test configuration: tiny network, 16x16 digits, two short epochs."""
+"""A CPU-friendly test configuration: tiny network, 32x32 digits, two short epochs."""
 
 from configs import digits
 
@@ -13,7 +13,7 @@ def get_config():
   config.threshold_samples = 128
   config.model.width = 1 / 32
   config.model.decoder_hidden = 16
-  config.data.image_size = 16
+  config.data.image_size = 32
   config.data.num_query = 40
   config.data.num_train = 64
   config.data.num_database = 160

@@ -5,6 +5,8 @@ tested on their own. With several processes (a SLURM job, a TPU pod, `launch/loc
 process runs this same command; `jax.distributed` connects them.
 """
 
+import logging as std_logging
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -28,11 +30,18 @@ flags.DEFINE_integer("process_id", None, "This process's id in a multi-process r
 flags.mark_flags_as_required(["workdir"])
 
 
+def _quiet_library_info(record) -> bool:
+  """Keeps Orbax's and grain's per-save INFO chatter out of the progress log (warnings stay)."""
+  noisy = any(f"/{package}/" in record.pathname for package in ("orbax", "grain"))
+  return record.levelno > std_logging.INFO if noisy else True
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
+  logging.get_absl_handler().addFilter(_quiet_library_info)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
   logging.info("JAX process %d of %d; %d local and %d global devices (%s).",

@@ -1,7 +1,7 @@
 """The UCSH network: VGG16 features -> hash layer -> codes, with a binary-latent VAE decoder."""
 
 import functools
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -41,12 +41,16 @@ class HashHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features: jax.Array, *, train: bool) -> Dict[str, jax.Array]:
+  def __call__(self, features: jax.Array, *, train: bool,
+               code_noise: Optional[jax.Array] = None) -> Dict[str, jax.Array]:
     """Encodes features and reconstructs them from a code.
 
     Args:
       features: (n, feature_dim) features x (fc7 after ReLU).
       train: enables dropout and the sampled decoder code.
+      code_noise: optional (n, bits) uniform [0, 1) noise for the Bernoulli sample in train
+        mode; by default drawn from the 'sample' rng. Passing noise drawn per example makes the
+        sample independent of how a batch is split over devices.
 
     Returns:
       "logits" (n, bits) hash-layer output h; "codes" (n, bits) sign_ste(h), or tanh(h)
@@ -69,8 +73,11 @@ class HashHead(nn.Module):
     if train:
       mean_NxK = 2.0 * jax.nn.sigmoid(logits_NxK) - 1.0
       # u < sigmoid(h) happens with probability sigmoid(h): a Bernoulli draw as +-1.
-      uniform_NxK = jax.random.uniform(self.make_rng("sample"), logits_NxK.shape)
-      sample_NxK = jnp.where(uniform_NxK < jax.nn.sigmoid(logits_NxK), 1.0, -1.0)
+      if code_noise is None:
+        code_noise = jax.random.uniform(self.make_rng("sample"), logits_NxK.shape)
+      elif code_noise.shape != logits_NxK.shape:
+        raise ValueError(f"code_noise has shape {code_noise.shape}, expected {logits_NxK.shape}")
+      sample_NxK = jnp.where(code_noise < jax.nn.sigmoid(logits_NxK), 1.0, -1.0)
       latent_NxK = mean_NxK + jax.lax.stop_gradient(sample_NxK - mean_NxK)
     else:
       latent_NxK = ops.sign_ste(logits_NxK)
@@ -102,12 +109,14 @@ class UCSH(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool) -> Dict[str, jax.Array]:
-    """Encodes images; train mode needs the 'dropout' and 'sample' rngs.
+  def __call__(self, images: jax.Array, *, train: bool,
+               code_noise: Optional[jax.Array] = None) -> Dict[str, jax.Array]:
+    """Encodes images; train mode needs the 'dropout' rng and 'sample' (or `code_noise`).
 
     Args:
       images: (n, H, W, 3) normalised float images, H, W >= 32.
       train: enables dropout and the decoder's sampled code.
+      code_noise: optional (n, bits) uniform noise for the decoder's sample (see HashHead).
 
     Returns:
       "features" (n, F) fc7 after ReLU (F = 4096 * width) and HashHead's "logits",
@@ -119,7 +128,7 @@ class UCSH(nn.Module):
     head = HashHead(bits=self.bits, feature_dim=features.shape[-1],
                     decoder_hidden=self.decoder_hidden, code_activation=self.code_activation,
                     dropout_rate=self.dropout_rate, dtype=self.dtype, name="head")
-    return {"features": features, **head(features, train=train)}
+    return {"features": features, **head(features, train=train, code_noise=code_noise)}
 
 
 def with_pretrained_backbone(ucsh_params: Mapping[str, Any],

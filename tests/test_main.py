@@ -1,0 +1,93 @@
+"""The main job end to end on the tiny config: train, checkpoint, results, resume, encode."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import test as test_config
+from ucsh_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _final_params(workdir, step):
+  restored = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, "checkpoints", str(step), "state"))
+  return restored["params"]
+
+
+def test_tiny_config_trains_two_epochs_end_to_end(tmp_path):
+  config = test_config.get_config()
+  results = train.train_and_evaluate(config, str(tmp_path))
+  steps = config.num_epochs * (config.data.num_train // config.batch_size)
+  with open(tmp_path / "results.json") as f:
+    written = json.load(f)
+  assert written == results
+  for key in ("dataset", "bits", "topk", "map", "precision_at_k", "num_query", "num_database",
+              "num_train", "epochs", "elapsed_s"):
+    assert key in written
+  assert written["dataset"] == "digits" and written["bits"] == config.bits
+  assert (written["num_query"], written["num_train"]) == (40, 64)
+  assert 0.0 < written["map"] <= 1.0 and written["steps"] == steps
+  assert str(steps) in os.listdir(tmp_path / "checkpoints")
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+  for name in ("query", "database", "train"):
+    assert (tmp_path / "splits" / f"{name}.npy").exists()
+
+  # Training again with the same workdir resumes at the end: nothing changes.
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again["map"] == results["map"] and again["steps"] == steps
+
+  # --mode=encode: codes of the final checkpoint, +-1 int8, with labels.
+  train.evaluate_checkpoint(config, str(tmp_path), write_codes=True)
+  codes = np.load(tmp_path / "codes.npz")
+  assert codes["query_codes"].shape == (40, config.bits)
+  assert codes["query_codes"].dtype == np.int8
+  assert set(np.unique(codes["database_codes"])) <= {-1, 1}
+  assert codes["database_labels"].shape == (written["num_database"],)
+  with open(tmp_path / "eval_results.json") as f:
+    assert json.load(f)["map"] == pytest.approx(results["map"])
+
+
+def test_non_finite_loss_stops_with_the_step_named(tmp_path):
+  config = test_config.get_config()
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 1e30
+  with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+  """kill -9 during or right after an asynchronous save; the restarted run matches."""
+  reference = tmp_path / "reference"
+  config = test_config.get_config()
+  train.train_and_evaluate(config, str(reference))
+  steps = config.num_epochs * (config.data.num_train // config.batch_size)
+
+  workdir = tmp_path / "killed"
+  command = [sys.executable, "-m", "ucsh_jax.main", "--config=configs/test.py",
+             f"--workdir={workdir}"]
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+  checkpoints = workdir / "checkpoints"
+  try:
+    while process.poll() is None:
+      if checkpoints.exists() and any(checkpoints.iterdir()):
+        process.kill()  # SIGKILL: no clean-up, possibly in the middle of a save.
+        break
+  finally:
+    process.wait(timeout=120)
+  assert process.returncode == -9, "the run finished before it could be killed"
+  assert not (workdir / "results.json").exists()
+
+  finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  ref_params, params = _final_params(reference, steps), _final_params(workdir, steps)
+  for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
