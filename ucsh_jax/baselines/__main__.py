@@ -1,0 +1,190 @@
+"""Shallow baselines on UCSH's features, under UCSH's protocol (the paper's Table 1 rows).
+
+  python -m ucsh_jax.baselines --config=configs/cifar.py --workdir=runs/cifar_baselines \
+      --config.model.pretrained=/path/to/vgg16-397923af.pth [--methods=lsh,itq,sh,sph] \
+      [--bits=16,32,64] [--save_features]
+
+The features are those UCSH starts from: fc7 of the config's VGG16 (pretrained when
+`config.model.pretrained` is set, else randomly initialised with `config.seed`), or the vectors of
+a feature file (`config.data.name == "features"`). Splits are the run's protocol splits (saved in
+or read from WORKDIR/splits/); each method is fit on the training split, encodes the query and
+database splits and is scored with MAP@`config.eval.topk` (-1: the whole database). Writes
+WORKDIR/baselines.json and WORKDIR/baselines.md, and with --save_features WORKDIR/features.npz,
+a feature file of the query and database rows with their splits (usable with configs/features.py).
+"""
+
+import os
+import time
+from typing import Any, Dict, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from ucsh_jax import data
+from ucsh_jax import distributed
+from ucsh_jax import evaluate
+from ucsh_jax import inference
+from ucsh_jax import tables
+from ucsh_jax import train
+from ucsh_jax.baselines import METHODS
+
+DEFAULT_METHODS = ("lsh", "itq", "sh", "sph")
+DEFAULT_BITS = (16, 32, 64)
+
+
+
+def fit_key(seed: int, num_bits: int) -> jax.Array:
+  """The key every method is fit with at `num_bits`: fold_in(key(seed), num_bits)."""
+  return jax.random.fold_in(jax.random.key(seed), num_bits)
+
+
+def describe_features(config: ml_collections.ConfigDict) -> str:
+  if config.data.name == "features":
+    return f"the vectors of {config.data.path}"
+  backbone = f"VGG16 (width {config.model.width:g})"
+  if config.model.pretrained:
+    return f"fc7 of {backbone} with weights {config.model.pretrained}"
+  return f"fc7 of {backbone} randomly initialised with seed {config.seed}"
+
+
+def _train_rows(splits: data.Splits) -> np.ndarray:
+  """Positions of the training items within splits.database (train is a subset of it)."""
+  order = np.argsort(splits.database)
+  return order[np.searchsorted(splits.database, splits.train, sorter=order)]
+
+
+def extract_features(run: train.Run) -> Dict[str, np.ndarray]:
+  """Features {"query", "database", "train"}, each (len(split), d) float32 in split order.
+
+  fc7 of the run's initial parameters in eval mode (a feature file's own vectors for a feature
+  source); the training rows are taken from the database rows (train is a subset of it).
+  """
+  forward = inference.make_forward(run.model, run.mesh)
+  features = {}
+  for name in ("query", "database"):
+    indices = getattr(run.splits, name)
+    batches = data.eval_batches(
+        run.source, indices, batch_size=run.config.eval.batch_size // jax.process_count(),
+        image_size=run.config.data.image_size, preprocessing=run.preprocessing)
+    features[name] = inference.collect(forward, run.state.params, batches, run.mesh,
+                                       len(indices), keys=("features",))["features"]
+  features["train"] = features["database"][_train_rows(run.splits)]
+  return features
+
+
+def score_methods(features: Dict[str, np.ndarray], query_labels: np.ndarray,
+                  database_labels: np.ndarray, *, methods: Sequence[str], bits: Sequence[int],
+                  topk: int, seed: int) -> Dict[str, Dict[str, Dict[str, Any]]]:
+  """evaluate.score of every method at every code length: {method: {str(bits): scores}}."""
+  scores = {}
+  for name in methods:
+    method = METHODS[name]
+    scores[name] = {}
+    for num_bits in bits:
+      params = method.fit(features["train"], num_bits, fit_key(seed, num_bits))
+      codes = {"query_codes": np.asarray(method.encode(params, features["query"]), np.int8),
+               "database_codes": np.asarray(method.encode(params, features["database"]), np.int8),
+               "query_labels": query_labels, "database_labels": database_labels}
+      scores[name][str(num_bits)] = evaluate.score(codes, topk)
+  return scores
+
+
+def markdown(results: Dict[str, Any]) -> str:
+  """The results as a methods x bits Markdown table with a short heading."""
+  header = ["Method"] + [f"{b} bits" for b in results["bits"]]
+  rows = [[tables.METHOD_NAMES[m]] + [f"{results['map'][m][str(b)]:.4f}" for b in results["bits"]]
+          for m in results["methods"]]
+  return (f"{tables.map_label(results['topk'])} of the shallow baselines on {results['dataset']}: "
+          f"{results['features']} ({results['feature_dim']}-d); {results['num_query']} queries, "
+          f"{results['num_database']} database items, {results['num_train']} training items.\n\n"
+          + tables.markdown_table(header, rows) + "\n")
+
+
+def _check_choice(methods: Sequence[str], bits: Sequence[int]) -> None:
+  if not methods or any(m not in METHODS for m in methods):
+    raise ValueError(f"methods {list(methods)}: expected a non-empty list from {sorted(METHODS)}")
+  if not bits or any(b < 1 for b in bits):
+    raise ValueError(f"bits {list(bits)}: expected a non-empty list of positive integers")
+
+
+def _write_features(path: str, run: train.Run, features: Dict[str, np.ndarray]) -> None:
+  """A feature file of the query rows then the database rows, with the splits as index arrays."""
+  splits, num_query = run.splits, len(run.splits.query)
+  labels = np.asarray(run.source.labels)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, features=np.concatenate([features["query"], features["database"]]),
+           labels=np.concatenate([labels[splits.query], labels[splits.database]]),
+           query_idx=np.arange(num_query),
+           database_idx=num_query + np.arange(len(splits.database)),
+           train_idx=num_query + _train_rows(splits))
+  os.replace(tmp, path)
+
+
+def run_baselines(config: ml_collections.ConfigDict, workdir: str,
+                  methods: Sequence[str] = DEFAULT_METHODS, bits: Sequence[int] = DEFAULT_BITS,
+                  save_features: bool = False) -> Dict[str, Any]:
+  """Fits, encodes and scores `methods` at code lengths `bits` on the config's features.
+
+  Returns (and process 0 writes as WORKDIR/baselines.json, with the table in baselines.md):
+    {"dataset", "features" (what they are), "feature_dim", "num_query", "num_database",
+     "num_train", "seed", "topk" (None = whole database), "methods", "bits",
+     "map": {method: {str(bits): MAP}}, "scores": {method: {str(bits): evaluate.score(...)}},
+     "elapsed_s"}.
+  Each method is fit with `fit_key(config.seed, bits)`.
+  """
+  start_time = time.time()
+  methods, bits = list(methods), [int(b) for b in bits]
+  _check_choice(methods, bits)
+  run = train.setup(config, workdir)
+  features = extract_features(run)
+  labels = np.asarray(run.source.labels)
+  scores = score_methods(features, labels[run.splits.query], labels[run.splits.database],
+                         methods=methods, bits=bits, topk=config.eval.topk, seed=config.seed)
+  results = {
+      "dataset": config.data.name, "features": describe_features(config),
+      "feature_dim": int(features["train"].shape[1]), "num_query": len(run.splits.query),
+      "num_database": len(run.splits.database), "num_train": len(run.splits.train),
+      "seed": config.seed, "topk": config.eval.topk if config.eval.topk > 0 else None,
+      "methods": methods, "bits": bits,
+      "map": {m: {b: s["map"] for b, s in by_bits.items()} for m, by_bits in scores.items()},
+      "scores": scores, "elapsed_s": round(time.time() - start_time, 2)}
+  if jax.process_index() == 0:
+    evaluate.write_json(os.path.join(workdir, "baselines.json"), results)
+    with open(os.path.join(workdir, "baselines.md"), "w") as f:
+      f.write(markdown(results))
+    if save_features:
+      _write_features(os.path.join(workdir, "features.npz"), run, features)
+  return results
+
+
+def _define_flags() -> None:
+  """Flags, defined only when run as a program, so that importing this module defines none."""
+  flags.DEFINE_string("workdir", None, "Directory for the splits and the results.", required=True)
+  config_flags.DEFINE_config_file("config", "configs/digits.py", "Config file.", lock_config=True)
+  flags.DEFINE_list("methods", list(DEFAULT_METHODS), f"Methods, from {sorted(METHODS)}.")
+  flags.DEFINE_list("bits", [str(b) for b in DEFAULT_BITS], "Code lengths.")
+  flags.DEFINE_bool("save_features", False, "Also write WORKDIR/features.npz.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
+  try:
+    bits = [int(b) for b in args.bits]
+  except ValueError as e:
+    raise app.UsageError(f"--bits={','.join(args.bits)}: expected integers") from e
+  distributed.initialize()
+  results = run_baselines(args.config, args.workdir, args.methods, bits,
+                          save_features=args.save_features)
+  if jax.process_index() == 0:
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,137 @@
+"""Collects finished runs into the paper's Table 1 and Table 2 (Markdown).
+
+  python -m ucsh_jax.tables ROOT    # prints the tables and writes ROOT/results.md
+
+Reads every `results.json` under ROOT (a UCSH run: dataset, bits, ablation, topk, map) and every
+`baselines.json` (a `python -m ucsh_jax.baselines` run: dataset, topk, map[method][bits]).
+Table 1: SH, ITQ, LSH, SpH and UCSH; Table 2: UCSH and its ablations UCSH-V/C/S/R. Columns are
+dataset x code length, rows with no result are left out, missing cells show "-".
+"""
+
+import json
+import os
+import sys
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+DATASET_NAMES = {"cifar10": "CIFAR-10", "nus_wide": "NUS-WIDE", "mirflickr": "MIRFLICKR-25K"}
+METHOD_NAMES = {"sh": "SH", "itq": "ITQ", "lsh": "LSH", "sph": "SpH"}  # Table 1's order.
+ABLATION_NAMES = {"": "UCSH", "V": "UCSH-V", "C": "UCSH-C", "S": "UCSH-S", "R": "UCSH-R"}
+TABLE1_ROWS = tuple(METHOD_NAMES.values()) + ("UCSH",)
+TABLE2_ROWS = tuple(ABLATION_NAMES.values())
+
+Cell = Tuple[str, str, int]  # (row name, dataset, bits)
+
+
+def map_label(topk: Optional[int]) -> str:
+  """"MAP@5000" for topk 5000, "MAP@all" for the whole database (None, or topk <= 0)."""
+  return f"MAP@{topk}" if topk and topk > 0 else "MAP@all"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def _read(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read {path}: {e}") from e
+
+
+def _field(payload: dict, key: str, path: str):
+  if key not in payload:
+    raise KeyError(f"{path} has no {key!r} field (it has {sorted(payload)})")
+  return payload[key]
+
+
+def collect(root: str) -> Tuple[Dict[Cell, float], Dict[Cell, str], List[Optional[int]]]:
+  """Scans ROOT for results.json and baselines.json.
+
+  Returns:
+    values: MAP per (row name, dataset, bits), e.g. ("ITQ", "cifar10", 16) or ("UCSH-V", ...).
+    sources: the file each value came from.
+    topks: the distinct topk values met (None = whole database).
+  Raises ValueError when two files give the same cell.
+  """
+  values, sources, topks = {}, {}, []
+
+  def add(cell: Cell, value: float, path: str, topk: Optional[int]) -> None:
+    if cell in values:
+      raise ValueError(f"{cell[0]} on {cell[1]} at {cell[2]} bits is in both {sources[cell]} "
+                       f"and {path}; keep one run per cell under the root")
+    values[cell], sources[cell] = float(value), path
+    topk = topk if topk and topk > 0 else None
+    if topk not in topks:
+      topks.append(topk)
+
+  for folder, _, files in sorted(os.walk(root)):
+    if "results.json" in files:
+      path = os.path.join(folder, "results.json")
+      run = _read(path)
+      ablation = _field(run, "ablation", path)
+      if ablation not in ABLATION_NAMES:
+        raise ValueError(f"{path}: unknown ablation {ablation!r}; expected one of "
+                         f"{sorted(ABLATION_NAMES)}")
+      add((ABLATION_NAMES[ablation], _field(run, "dataset", path), int(_field(run, "bits", path))),
+          _field(run, "map", path), path, _field(run, "topk", path))
+    if "baselines.json" in files:
+      path = os.path.join(folder, "baselines.json")
+      run = _read(path)
+      for method, by_bits in _field(run, "map", path).items():
+        if method not in METHOD_NAMES:
+          raise ValueError(f"{path}: unknown method {method!r}; expected one of "
+                           f"{sorted(METHOD_NAMES)}")
+        for bits, value in by_bits.items():
+          add((METHOD_NAMES[method], _field(run, "dataset", path), int(bits)), value, path,
+              _field(run, "topk", path))
+  return values, sources, topks
+
+
+def _table(values: Dict[Cell, float], row_names: Sequence[str]) -> Optional[str]:
+  rows = [r for r in row_names if any(cell[0] == r for cell in values)]
+  if not rows:
+    return None
+  datasets = {cell[1] for cell in values if cell[0] in rows}
+  datasets = [d for d in DATASET_NAMES if d in datasets] + sorted(datasets - set(DATASET_NAMES))
+  columns = [(d, b) for d in datasets
+             for b in sorted({cell[2] for cell in values if cell[0] in rows and cell[1] == d})]
+  header = ["Method"] + [f"{DATASET_NAMES.get(d, d)} {b} bits" for d, b in columns]
+  body = [[r] + [f"{values[(r, d, b)]:.4f}" if (r, d, b) in values else "-" for d, b in columns]
+          for r in rows]
+  return markdown_table(header, body)
+
+
+def render(root: str) -> str:
+  """The Markdown of Table 1 and Table 2 for the runs under `root`."""
+  values, _, topks = collect(root)
+  if not values:
+    raise FileNotFoundError(f"no results.json or baselines.json under {root}")
+  label = (map_label(topks[0]) if len(topks) == 1 else
+           "MAP (mixed cut-offs: " + ", ".join(map_label(t) for t in topks) + ")")
+  parts = []
+  for number, rows, what in ((1, TABLE1_ROWS, "UCSH and the shallow baselines"),
+                             (2, TABLE2_ROWS, "UCSH and its variants")):
+    table = _table(values, rows)
+    if table:
+      parts.append(f"Table {number}. {label} of {what}.\n\n{table}\n")
+  return "\n".join(parts)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) != 2:
+    raise SystemExit("usage: python -m ucsh_jax.tables ROOT")
+  root = argv[1]
+  text = render(root)
+  path = os.path.join(root, "results.md")
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+  print(text)
+  print(f"Written to {path}")
+
+
+if __name__ == "__main__":
+  main(sys.argv)
