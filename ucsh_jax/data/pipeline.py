@@ -80,7 +80,9 @@ class _Normalise:
   pixels; several times faster than numpy broadcasting over a last axis of 3.
   """
 
-  def __init__(self, preprocessing: Preprocessing):
+  def __init__(self, preprocessing: Optional[Preprocessing]):
+    if preprocessing is None:  # A feature source: batches hold no images.
+      return
     ramp_256x3 = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
     self.table_256x3 = preprocessing.apply(ramp_256x3)
     # Output channel c is computed from input channel source[c].
