@@ -7,13 +7,13 @@ through the real tfds builder into a temporary data_dir and read back with `tfds
 so every stage of a CIFAR-10 run is timed. Ratios are against the in-process row (0 workers).
 """
 
+import io
 import os
 import pickle
 import sys
 import tarfile
 import tempfile
 import time
-import io
 
 from absl import app
 from absl import flags

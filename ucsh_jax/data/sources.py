@@ -97,8 +97,9 @@ def _cached_labels(builder, parts: Sequence, key: str) -> np.ndarray:
       return labels
   labels = _read_labels(parts, key)
   try:
-    np.save(path + ".tmp.npy", labels)
-    os.replace(path + ".tmp.npy", path)
+    tmp = f"{path}.{os.getpid()}.tmp.npy"
+    np.save(tmp, labels)
+    os.replace(tmp, path)
   except OSError:
     pass  # A read-only data dir: labels are read again next time.
   return labels

@@ -3,6 +3,8 @@
 The builders prepare without TensorFlow: they hand tfds encoded image bytes (PNG made with PIL, or
 the original JPEG bytes), never numpy image arrays, and are prepared with
 `file_format="array_record"`; `tfds.data_source` then reads them without TensorFlow.
+tensorflow-datasets 4.9.10 imports `importlib_resources` when it prepares a builder that lives in a
+package but declares it only for Python < 3.9 (tfds issue #11212), so it must be installed.
 """
 
 from typing import Optional
