@@ -166,7 +166,7 @@ def test_feature_batches_skip_preprocessing(tmp_path):
   np.savez(tmp_path / "f.npz", features=feats, labels=labels)
   source = features.FeatureSource(str(tmp_path / "f.npz"))
   batch = next(data.train_iterator(source, np.arange(9), global_batch_size=4, image_size=224,
-                                   preprocessing=IMAGENET, seed=0, shard=(0, 1)))
+                                   preprocessing=None, seed=0, shard=(0, 1)))
   np.testing.assert_allclose(batch["features"], feats[batch["index"]].astype(np.float32))
   batches = list(data.eval_batches(source, np.arange(2, 9), batch_size=4, image_size=224,
                                    preprocessing=IMAGENET, shard=(0, 1)))
@@ -175,8 +175,10 @@ def test_feature_batches_skip_preprocessing(tmp_path):
   np.testing.assert_allclose(batches[0]["features"], feats[2:6].astype(np.float32))
 
 
-def test_bad_batch_sizes_are_errors():
+def test_bad_arguments_are_errors():
   source = ImageSource(n=10)
+  with pytest.raises(ValueError, match="needs a Preprocessing"):
+    data.eval_batches(source, np.arange(10), batch_size=4, image_size=4, preprocessing=None)
   with pytest.raises(ValueError, match="multiple of the process count 4"):
     data.train_iterator(source, np.arange(10), global_batch_size=6, image_size=4,
                         preprocessing=IMAGENET, seed=0, shard=(0, 4))

@@ -98,8 +98,10 @@ class _Normalise:
     return dict(batch, image=out)
 
 
-def _finish(ds: grain.MapDataset, batch_size: int, preprocessing: Preprocessing,
-            num_workers: int) -> grain.DatasetIterator:
+def _finish(ds: grain.MapDataset, source, batch_size: int,
+            preprocessing: Optional[Preprocessing], num_workers: int) -> grain.DatasetIterator:
+  if source.kind == "image" and preprocessing is None:
+    raise ValueError("an image source needs a Preprocessing (None is for feature sources only)")
   # Batching before to_iter_dataset makes each element a whole batch, so worker processes (which
   # take every num_workers-th element) interleave whole batches and the order does not depend on
   # num_workers.
@@ -114,12 +116,13 @@ def _finish(ds: grain.MapDataset, batch_size: int, preprocessing: Preprocessing,
 
 
 def train_iterator(source, train_idx: np.ndarray, *, global_batch_size: int, image_size: int,
-                   preprocessing: Preprocessing, seed: int, num_workers: int = 0,
+                   preprocessing: Optional[Preprocessing], seed: int, num_workers: int = 0,
                    shard: Optional[Tuple[int, int]] = None) -> grain.DatasetIterator:
   """Endless host-local training batches (see the module docstring for the order).
 
   Yields {"image": float32 (b, image_size, image_size, 3) normalised by `preprocessing`, or
-  "features": float32 (b, d) for a feature source; "index": int32 (b,) positions in train_idx},
+  "features": float32 (b, d) for a feature source, where `preprocessing` and `image_size` are
+  ignored (None is fine); "index": int32 (b,) positions in train_idx},
   b = global_batch_size // process_count. The iterator is checkpointable (`get_state()` /
   `set_state()`, `grain.checkpoint.CheckpointSave/CheckpointRestore`). `shard` =
   (process_index, process_count), by default jax's. num_workers > 0 decodes in that many
@@ -136,11 +139,11 @@ def train_iterator(source, train_idx: np.ndarray, *, global_batch_size: int, ima
   position = _TrainPosition(n, global_batch_size, host_batch, host, seed)
   ds = (grain.MapDataset.range(position.per_epoch).repeat()
         .map_with_index(position).map(_Load(source, train_idx, image_size, with_label=False)))
-  return _finish(ds, host_batch, preprocessing, num_workers)
+  return _finish(ds, source, host_batch, preprocessing, num_workers)
 
 
 def eval_batches(source, indices: np.ndarray, *, batch_size: int, image_size: int,
-                 preprocessing: Preprocessing, num_workers: int = 0,
+                 preprocessing: Optional[Preprocessing], num_workers: int = 0,
                  shard: Optional[Tuple[int, int]] = None) -> Iterator[dict]:
   """One ordered pass over this host's contiguous slice of `indices`, the last batch padded.
 
@@ -161,4 +164,4 @@ def eval_batches(source, indices: np.ndarray, *, batch_size: int, image_size: in
   positions = np.full(num_batches * batch_size, -1, np.int64)
   positions[:max(stop - start, 0)] = np.arange(start, stop)
   ds = grain.MapDataset.source(positions).map(_Load(source, indices, image_size, with_label=True))
-  return _finish(ds, batch_size, preprocessing, num_workers)
+  return _finish(ds, source, batch_size, preprocessing, num_workers)
