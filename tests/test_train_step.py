@@ -15,6 +15,10 @@ def _setup(ablation=""):
   config = test_config.get_config()
   config.ablation = ablation
   config.model.dropout_rate = 0.0  # Dropout masks depend on the device layout.
+  # Plain SGD: Adam divides by the gradient's magnitude and so magnifies float rounding in
+  # near-zero gradient entries, which would hide a real difference behind a loose tolerance.
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 0.05
   model = experiment.build_model(config)
   rng = np.random.default_rng(0)
   size = config.data.image_size
@@ -25,7 +29,8 @@ def _setup(ablation=""):
   }
   params = experiment.init_params(model, config, batch["image"][:1], jax.random.key(1), None)
   tx = experiment.make_optimizer(config, steps_per_epoch=4)
-  return config, model, batch, experiment.create_train_state(model, params, tx)
+  # Host copies: the compiled step donates (deletes) the device buffers it is given.
+  return config, model, batch, jax.device_get(experiment.create_train_state(model, params, tx))
 
 
 def _run(devices, config, model, batch, state, steps=2):
@@ -50,7 +55,7 @@ def test_eight_devices_equal_one(ablation):
   changed = [not np.allclose(a, b) for a, b in zip(flat_1, jax.tree.leaves(state.params))]
   assert any(changed)  # The step really moved the parameters.
   for a, b in zip(flat_1, flat_8):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   for name in metrics_1:
     np.testing.assert_allclose(metrics_1[name], metrics_8[name], rtol=1e-4, atol=1e-6)
 
@@ -58,11 +63,7 @@ def test_eight_devices_equal_one(ablation):
 def test_gradient_is_that_of_the_global_objective():
   """One SGD step on 8 devices moves the parameters by -lr * grad of the one-device loss."""
   config, model, batch, state = _setup()
-  config.optimizer.name = "sgd"
-  config.optimizer.momentum = 0.0
-  lr = config.optimizer.learning_rate
-  tx = experiment.make_optimizer(config, steps_per_epoch=4)
-  state = experiment.create_train_state(model, state.params, tx)
+  lr = config.optimizer.learning_rate  # The first momentum-SGD step is -lr * grad.
   weights = experiment.loss_weights(config)
 
   mesh_1 = parallel.make_mesh(jax.devices()[:1])
@@ -79,4 +80,4 @@ def test_gradient_is_that_of_the_global_objective():
   params_8, _ = _run(jax.devices(), config, model, batch, state, steps=1)
   expected = jax.tree.map(lambda p, g: np.asarray(p) - lr * np.asarray(g), state.params, grads)
   for a, b in zip(jax.tree.leaves(params_8), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -93,9 +93,9 @@ def per_device_train_step(state: TrainState, batch: Dict[str, jax.Array], thresh
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)
   updates = jax.tree.map(jnp.subtract, new_state.params, state.params)
-  metrics["l2_grads"] = optax.global_norm(grads)
-  metrics["l2_params"] = optax.global_norm(new_state.params)
-  metrics["l2_updates"] = optax.global_norm(updates)
+  metrics["l2_grads"] = optax.tree.norm(grads)
+  metrics["l2_params"] = optax.tree.norm(new_state.params)
+  metrics["l2_updates"] = optax.tree.norm(updates)
   return new_state, metrics
 
 
