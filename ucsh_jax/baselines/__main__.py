@@ -36,7 +36,6 @@ DEFAULT_METHODS = ("lsh", "itq", "sh", "sph")
 DEFAULT_BITS = (16, 32, 64)
 
 
-
 def fit_key(seed: int, num_bits: int) -> jax.Array:
   """The key every method is fit with at `num_bits`: fold_in(key(seed), num_bits)."""
   return jax.random.fold_in(jax.random.key(seed), num_bits)
