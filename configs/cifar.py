@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 0.0  # Decoupled weight decay (0 disables it).
 
   config.model = ml_collections.ConfigDict()
+  config.model.backbone = "vgg16"  # "vgg16", or "none": hash the flattened pixels directly.
   config.model.pretrained = ""  # VGG16 weights file (.pth, .safetensors or .h5); "" = random init.
   config.model.width = 1.0  # Channel multiplier of VGG16 (1.0 is the real network).
   config.model.pooled_size = 7  # Adaptive average pool size before fc6 (7 in VGG16).

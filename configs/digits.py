@@ -17,12 +17,13 @@ def get_config():
   config.num_clusters = 10
   config.optimizer.learning_rate = 1e-3
   config.optimizer.decay_every_epochs = 8
-  config.model.width = 0.125
+  config.model.backbone = "none"
+  config.model.width = 0.125  # Used when --config.model.backbone=vgg16.
   config.model.pooled_size = 1
   config.model.decoder_hidden = 256
   config.model.dropout_rate = 0.0
   config.data.name = "digits"
-  config.data.image_size = 32
+  config.data.image_size = 8  # The digits' own size; at least 32 with the VGG16 backbone.
   config.data.num_query = 300
   config.data.num_train = 1000
   config.data.num_workers = 0

@@ -11,6 +11,7 @@ def get_config():
   config.num_clusters = 4
   config.kmeans_iters = 5
   config.threshold_samples = 128
+  config.model.backbone = "vgg16"
   config.model.width = 1 / 32
   config.model.decoder_hidden = 16
   config.data.image_size = 32

@@ -3,8 +3,9 @@
 Derived values live here, not in the configs, so that command-line overrides stay consistent.
 """
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
+import flax.linen as nn
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from ucsh_jax import preprocessing as preprocessing_lib
 from ucsh_jax.train_step import LossWeights
 
 ABLATIONS = ("", "V", "C", "S", "R")
+BACKBONES = ("vgg16", "none")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -27,6 +29,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.optimizer.name not in OPTIMIZERS:
     raise ValueError(f"config.optimizer.name={config.optimizer.name!r}; expected one of "
                      f"{OPTIMIZERS}")
+  if config.model.backbone not in BACKBONES:
+    raise ValueError(f"config.model.backbone={config.model.backbone!r}; expected one of "
+                     f"{BACKBONES}")
+  if config.model.backbone == "none" and config.model.pretrained:
+    raise ValueError("config.model.pretrained is set but config.model.backbone='none' has no "
+                     "VGG16 to load it into")
   if config.model.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.model.dtype={config.model.dtype!r}; expected float32 or bfloat16")
   for name in ("bits", "batch_size", "num_epochs", "num_clusters", "kmeans_iters",
@@ -48,14 +56,34 @@ def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
                      gamma=0.0 if config.ablation == "S" else config.loss.gamma)
 
 
+class FlatInputHashNet(nn.Module):
+  """The hash head and decoder on inputs used as the features: vectors, or images flattened.
+
+  Returns {"features" (n, d), "logits", "codes", "reconstruction"} like UCSH.
+  """
+  head: nn.Module
+
+  def __call__(self, inputs: jax.Array, *, train: bool,
+               code_noise: Optional[jax.Array] = None) -> Dict[str, jax.Array]:
+    features = inputs.reshape(inputs.shape[0], -1).astype(jnp.float32)
+    return {"features": features, **self.head(features, train=train, code_noise=code_noise)}
+
+
+def uses_backbone(config: ml_collections.ConfigDict) -> bool:
+  return config.data.name != "features" and config.model.backbone == "vgg16"
+
+
 def build_model(config: ml_collections.ConfigDict, feature_dim: Optional[int] = None):
-  """UCSH on images, or only the hash head and decoder when the inputs are feature vectors."""
+  """UCSH on images, or the hash head and decoder alone on feature vectors or flat pixels.
+
+  `feature_dim` is the size of a flattened input; needed only without the VGG16 backbone.
+  """
   code_activation = "tanh" if config.ablation == "R" else "sign"
   dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-  if config.data.name == "features":
-    return models.HashHead(bits=config.bits, feature_dim=feature_dim,
-                           decoder_hidden=config.model.decoder_hidden,
-                           code_activation=code_activation, dropout_rate=0.0, dtype=dtype)
+  if not uses_backbone(config):
+    return FlatInputHashNet(models.HashHead(
+        bits=config.bits, feature_dim=feature_dim, decoder_hidden=config.model.decoder_hidden,
+        code_activation=code_activation, dropout_rate=0.0, dtype=dtype))
   return models.UCSH(bits=config.bits, width=config.model.width,
                      pooled_size=config.model.pooled_size,
                      decoder_hidden=config.model.decoder_hidden,
@@ -66,6 +94,8 @@ def build_model(config: ml_collections.ConfigDict, feature_dim: Optional[int] = 
 def preprocessing_for(config: ml_collections.ConfigDict
                       ) -> Tuple[Optional[dict], preprocessing_lib.Preprocessing]:
   """(pretrained VGG16 variables or None, the pixel preprocessing the network expects)."""
+  if not uses_backbone(config):
+    return None, preprocessing_lib.UNIT
   if not config.model.pretrained:
     return None, preprocessing_lib.IMAGENET
   return models.load_pretrained(config.model.pretrained)

@@ -20,9 +20,8 @@ def make_forward(model: nn.Module, mesh: jax.sharding.Mesh) -> Callable[..., Dic
 
   def forward(params, inputs):
     out = model.apply({"params": params}, inputs, train=False)
-    features = out["features"] if "features" in out else inputs
     codes = jnp.where(out["logits"] >= 0, 1, -1).astype(jnp.int8)
-    return {"features": features.astype(jnp.float32), "codes": codes}
+    return {"features": out["features"].astype(jnp.float32), "codes": codes}
 
   return jax.jit(forward, out_shardings=out_sharding)
 

@@ -38,6 +38,9 @@ class Preprocessing:
 
 # torchvision and timm VGG16: RGB in [0, 1], ImageNet mean and std.
 IMAGENET = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+# Plain pixels in [0, 1]: for inputs hashed without a backbone (zero stays zero, so cosine
+# similarities of images on a black background are not swamped by a shared offset).
+UNIT = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 # Keras (Caffe) VGG16: BGR in [0, 255] minus the Caffe channel means.
 CAFFE = Preprocessing(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0),
                       channel_order="BGR", pixel_range=255.0)

@@ -59,17 +59,15 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     pretrained, preprocessing = experiment.preprocessing_for(config)
     size = config.data.image_size
     sample = np.zeros((1, size, size, 3), np.float32)
-  model = experiment.build_model(config, feature_dim=sample.shape[-1])
+  model = experiment.build_model(config, feature_dim=int(np.prod(sample.shape[1:])))
   root = jax.random.key(config.seed)
   keys = dict(zip(("init", "train", "centers", "epoch"), jax.random.split(root, 4)))
   params = experiment.init_params(model, config, sample, keys["init"], pretrained)
   steps_per_epoch = len(splits.train) // config.batch_size
   tx = experiment.make_optimizer(config, steps_per_epoch)
   state = parallel.replicate(mesh, experiment.create_train_state(model, params, tx))
-  feature_dim = jax.eval_shape(
-      lambda p, x: model.apply({"params": p}, x, train=False), params, sample)
-  feature_dim = (feature_dim["features"].shape[-1] if "features" in feature_dim
-                 else sample.shape[-1])
+  feature_dim = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, train=False),
+                               params, sample)["features"].shape[-1]
   return Run(config=config, workdir=workdir, mesh=mesh, source=source, splits=splits,
              model=model, preprocessing=preprocessing, state=state, feature_dim=feature_dim,
              steps_per_epoch=steps_per_epoch, keys=keys)

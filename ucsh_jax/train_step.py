@@ -60,7 +60,7 @@ def ucsh_losses(params, batch: Dict[str, jax.Array], threshold: jax.Array, key: 
                                     lax.axis_index(DATA_AXIS) + (1 << 20))
   out = model.apply({"params": params}, inputs, train=True, code_noise=code_noise_BxK,
                     rngs={"dropout": dropout_key})
-  features_BxD = out["features"] if "features" in out else inputs
+  features_BxD = out["features"]
   per_example_mean = lax.psum if reduction == "sum" else lax.pmean
 
   features_NxD = lax.all_gather(features_BxD, DATA_AXIS, tiled=True)
