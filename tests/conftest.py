@@ -1,7 +1,17 @@
-"""Test set-up: 8 forced CPU devices, set before JAX is imported anywhere."""
+"""Test set-up, applied before JAX is imported anywhere (subprocesses inherit it too).
+
+- 8 forced CPU devices, for the multi-device tests.
+- A compilation cache shared by the whole test session (and the subprocesses it starts), so the
+  same small programs compiled by several tests are compiled once. It starts empty every
+  session: no test depends on anything left by an earlier run.
+"""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ucsh-jax-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
