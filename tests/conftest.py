@@ -7,11 +7,23 @@
 """
 
 import os
+import shutil
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ucsh-jax-xla-cache-"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE_DIR = tempfile.mkdtemp(prefix="ucsh-jax-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+else:
+  _CACHE_DIR = None
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del exitstatus
+  # Only the process that made the cache removes it (pytest-xdist workers inherit it).
+  if _CACHE_DIR is not None and not hasattr(session.config, "workerinput"):
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
