@@ -24,6 +24,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 def pytest_sessionfinish(session, exitstatus):
   del exitstatus
+  del session
   # Only the process that made the cache removes it (pytest-xdist workers inherit it).
-  if _CACHE_DIR is not None and not hasattr(session.config, "workerinput"):
+  if _CACHE_DIR is not None:
     shutil.rmtree(_CACHE_DIR, ignore_errors=True)
