@@ -8,6 +8,7 @@ slice of a batch; `global_batch` assembles the global array from the host-local 
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 
@@ -38,8 +39,31 @@ def global_batch(mesh: jax.sharding.Mesh, host_batch: Any) -> Any:
 
 
 def replicate(mesh: jax.sharding.Mesh, tree: Any) -> Any:
-  """Places the same value on every device of the mesh (it must be identical on all hosts)."""
-  return jax.device_put(tree, replicated_sharding(mesh))
+  """Places the same value on every device of the mesh.
+
+  With several processes each host places its own copy on its own devices, so the value must be
+  identical on all hosts (it is not checked: that would cost a collective per leaf).
+  """
+  sharding = replicated_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree)
+
+
+def same_on_all_hosts(tree: Any) -> Any:
+  """Process 0's value of a pytree of host arrays, on every host (a no-op with one process).
+
+  For values each host computes itself that must agree exactly before `replicate`, e.g. the
+  result of k-means, which on GPUs may differ in the last bits between hosts.
+  """
+  return multihost_utils.broadcast_one_to_all(tree)
 
 
 def to_host(tree: Any) -> Any:

@@ -137,11 +137,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     while step < total_steps:
       epoch = step // spe
       if int(epoch_state.epoch) != epoch:
-        epoch_state = epoch_state_lib.refresh_epoch_state(
+        epoch_state = parallel.same_on_all_hosts(epoch_state_lib.refresh_epoch_state(
             _train_features(run, forward, state.params), epoch_state, epoch=epoch,
             num_clusters=config.num_clusters, kmeans_iters=config.kmeans_iters,
             threshold_samples=config.threshold_samples,
-            key=jax.random.fold_in(run.keys["epoch"], epoch))
+            key=jax.random.fold_in(run.keys["epoch"], epoch)))
         reporter.write_scalars(step, {
             "threshold": float(epoch_state.threshold),
             "cluster_sizes_min": float(np.bincount(epoch_state.assignments,
