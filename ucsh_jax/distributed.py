@@ -4,28 +4,41 @@ Three ways to launch, each checked in this order:
   * explicit: coordinator address, process count and process id (main.py's flags, or the
     environment variables UCSH_COORDINATOR_ADDRESS, UCSH_NUM_PROCESSES, UCSH_PROCESS_ID, which
     `launch/local.sh` sets);
-  * a SLURM job step with several tasks, or a Cloud TPU pod: JAX reads the cluster's own
-    environment (`jax.distributed.initialize()` with no arguments);
+  * a cluster JAX knows: a SLURM job step with several tasks, a TPU pod that names its workers in
+    TPU_WORKER_HOSTNAMES / TPU_PROCESS_ADDRESSES, or UCSH_DISTRIBUTED=auto (which
+    `launch/tpu_pod.sh` sets: a Cloud TPU VM describes its pod in the metadata server, not in the
+    environment). JAX reads the cluster's own description (`jax.distributed.initialize()` with
+    no arguments); under SLURM it gives task i of a node the node's GPU i;
   * otherwise a single process: nothing to do.
+Must run before anything else touches JAX devices.
 """
 
 import os
 from typing import Optional
 
-from absl import logging
 import jax
 
 
+def _several(variable: str) -> bool:
+  return len([x for x in os.environ.get(variable, "").split(",") if x]) > 1
+
+
 def _cluster_has_several_processes() -> bool:
+  if os.environ.get("UCSH_DISTRIBUTED") == "auto":
+    return True
   if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ:
     return True
-  workers = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return len([w for w in workers.split(",") if w]) > 1
+  return _several("TPU_WORKER_HOSTNAMES") or _several("TPU_PROCESS_ADDRESSES")
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None) -> None:
-  """Initialises jax.distributed when this is one of several processes; else does nothing."""
+  """Initialises jax.distributed when this is one of several processes; else does nothing.
+
+  Arguments left None are read from UCSH_COORDINATOR_ADDRESS (host:port of process 0),
+  UCSH_NUM_PROCESSES and UCSH_PROCESS_ID. Collectives between CPU devices of different
+  processes use gloo.
+  """
   coordinator_address = coordinator_address or os.environ.get("UCSH_COORDINATOR_ADDRESS")
   if num_processes is None and "UCSH_NUM_PROCESSES" in os.environ:
     num_processes = int(os.environ["UCSH_NUM_PROCESSES"])
@@ -33,13 +46,13 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     process_id = int(os.environ["UCSH_PROCESS_ID"])
   if coordinator_address:
     if num_processes is None or process_id is None:
-      raise ValueError("a coordinator address needs the number of processes and this "
-                       "process's id (UCSH_NUM_PROCESSES / UCSH_PROCESS_ID)")
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      raise ValueError(f"coordinator address {coordinator_address!r} given without the number "
+                       f"of processes ({num_processes}) or this process's id ({process_id}): "
+                       "set --num_processes/--process_id or UCSH_NUM_PROCESSES/UCSH_PROCESS_ID")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"process id {process_id} is not in [0, {num_processes})")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   elif _cluster_has_several_processes():
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize()
-  else:
-    return
-  logging.info("jax.distributed: process %d of %d.", jax.process_index(), jax.process_count())
