@@ -110,12 +110,15 @@ def check_splits(splits: Splits, num_examples: int, where: str) -> Splits:
 
 
 def _save(splits: Splits, folder: str, num_examples: int, seed: int) -> None:
+  """Every file is written to a temporary name and renamed, info.json first: a reader that sees
+  all three .npy files also sees a complete info.json."""
   os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "info.tmp.json"), "w") as f:
+    json.dump({"num_examples": num_examples, "seed": seed}, f)
+  os.replace(os.path.join(folder, "info.tmp.json"), os.path.join(folder, "info.json"))
   for name, idx in zip(SPLIT_NAMES, splits):
     np.save(os.path.join(folder, f"{name}.tmp.npy"), idx)
     os.replace(os.path.join(folder, f"{name}.tmp.npy"), os.path.join(folder, f"{name}.npy"))
-  with open(os.path.join(folder, "info.json"), "w") as f:
-    json.dump({"num_examples": num_examples, "seed": seed}, f)
 
 
 def _load(folder: str, num_examples: int) -> Splits:
