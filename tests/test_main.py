@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -81,6 +82,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
       if checkpoints.exists() and any(checkpoints.iterdir()):
         process.kill()  # SIGKILL: no clean-up, possibly in the middle of a save.
         break
+      time.sleep(0.01)
   finally:
     process.wait(timeout=120)
   assert process.returncode == -9, "the run finished before it could be killed"
