@@ -27,6 +27,7 @@ import numpy as np
 from ucsh_jax import data
 from ucsh_jax import distributed
 from ucsh_jax import evaluate
+from ucsh_jax import experiment
 from ucsh_jax import inference
 from ucsh_jax import tables
 from ucsh_jax import train
@@ -44,6 +45,8 @@ def fit_key(seed: int, num_bits: int) -> jax.Array:
 def describe_features(config: ml_collections.ConfigDict) -> str:
   if config.data.name == "features":
     return f"the vectors of {config.data.path}"
+  if not experiment.uses_backbone(config):
+    return f"the flattened {config.data.image_size}x{config.data.image_size} RGB pixels in [0, 1]"
   backbone = f"VGG16 (width {config.model.width:g})"
   if config.model.pretrained:
     return f"fc7 of {backbone} with weights {config.model.pretrained}"
