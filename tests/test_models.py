@@ -7,20 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from random_params import random_params
 from ucsh_jax import models
 from ucsh_jax.models import vgg
 
 WIDTH = 1 / 16  # conv widths 4 .. 32, fc 256
 
-
-def _random_params(model, image_shape, seed=0):
-  """Params of the model's shapes drawn with NumPy (jitted init compiles slowly on CPU)."""
-  abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros(image_shape), train=False))["params"]
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(
-      lambda a: rng.normal(size=a.shape).astype(np.float32) / math.sqrt(
-          math.prod(a.shape[:-1]) if len(a.shape) > 1 else 100.0), abstract)
 
 
 def _loop_adaptive_pool(x_NHWC, size):
@@ -63,7 +55,7 @@ def test_adaptive_avg_pool_matches_torch_definition(in_hw, size):
 @pytest.fixture(scope="module")
 def small_vgg():
   model = models.VGG16(num_classes=10, width=WIDTH, pooled_size=2)
-  variables = {"params": _random_params(model, (1, 32, 32, 3))}
+  variables = {"params": random_params(model, (1, 32, 32, 3))}
   images = np.random.default_rng(1).normal(size=(3, 32, 32, 3)).astype(np.float32)
   return model, variables, images
 

@@ -1,27 +1,17 @@
 """Tests of HashHead, UCSH and with_pretrained_backbone against NumPy."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from random_params import random_params
 from ucsh_jax import models
 from ucsh_jax.models import vgg
 
 WIDTH = 1 / 16  # fc7 width 256
 BITS = 8
 
-
-def _random_params(model, input_shape, seed=0):
-  """Params of the model's shapes drawn with NumPy (jitted init compiles slowly on CPU)."""
-  abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=False))["params"]
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(
-      lambda a: rng.normal(size=a.shape).astype(np.float32) / math.sqrt(
-          math.prod(a.shape[:-1]) if len(a.shape) > 1 else 100.0), abstract)
 
 
 def _numpy_head_eval(params, x):
@@ -34,7 +24,7 @@ def _numpy_head_eval(params, x):
 
 def test_head_eval_matches_numpy_with_sign_of_zero_positive():
   head = models.HashHead(bits=BITS, feature_dim=24, decoder_hidden=16)
-  params = _random_params(head, (1, 24))
+  params = random_params(head, (1, 24))
   params["hash"]["bias"][0] = 0.0
   x = np.abs(np.random.default_rng(1).normal(size=(5, 24))).astype(np.float32)
   x[0] = 0.0  # logit (0, 0) is exactly 0 and must give code +1
@@ -52,7 +42,7 @@ def test_head_eval_matches_numpy_with_sign_of_zero_positive():
 def test_head_train_decodes_bernoulli_samples_with_straight_through_gradient():
   n = 4000
   head = models.HashHead(bits=BITS, feature_dim=BITS, decoder_hidden=2 * BITS, dropout_rate=0.0)
-  params = _random_params(head, (1, BITS))
+  params = random_params(head, (1, BITS))
   eye = np.eye(BITS, dtype=np.float32)
   # Decoder relu(z) - relu(-z) = z, so the reconstruction shows the sampled code itself.
   params["decoder_hidden"] = {"kernel": np.concatenate([eye, -eye], 1),
@@ -84,7 +74,7 @@ def test_head_train_decodes_bernoulli_samples_with_straight_through_gradient():
 
 def test_head_tanh_codes_dropout_and_bfloat16():
   head = models.HashHead(bits=BITS, feature_dim=24, decoder_hidden=16, code_activation="tanh")
-  params = _random_params(head, (1, 24))
+  params = random_params(head, (1, 24))
   x = np.abs(np.random.default_rng(4).normal(size=(6, 24))).astype(np.float32)
   out = head.apply({"params": params}, x, train=False)
   logits, _, reconstruction = _numpy_head_eval(params, x)
@@ -110,9 +100,9 @@ def test_head_tanh_codes_dropout_and_bfloat16():
 @pytest.fixture(scope="module")
 def ucsh_setup():
   model = models.UCSH(bits=BITS, width=WIDTH, pooled_size=2, decoder_hidden=16)
-  params = _random_params(model, (1, 32, 32, 3))
+  params = random_params(model, (1, 32, 32, 3))
   vgg_model = models.VGG16(num_classes=10, width=WIDTH, pooled_size=2)
-  vgg_params = _random_params(vgg_model, (1, 32, 32, 3), seed=1)
+  vgg_params = random_params(vgg_model, (1, 32, 32, 3), seed=1)
   images = np.random.default_rng(5).normal(size=(2, 32, 32, 3)).astype(np.float32)
   return model, params, vgg_model, vgg_params, images
 
@@ -153,7 +143,7 @@ def test_ucsh_layout_outputs_and_pretrained_backbone(ucsh_setup):
 
 def test_with_pretrained_backbone_names_mismatches(ucsh_setup):
   _, params, _, vgg_params, _ = ucsh_setup
-  wider = _random_params(models.VGG16(width=2 * WIDTH, pooled_size=2), (1, 32, 32, 3))
+  wider = random_params(models.VGG16(width=2 * WIDTH, pooled_size=2), (1, 32, 32, 3))
   with pytest.raises(ValueError, match=r"backbone/conv1_1/kernel: pretrained shape "
                      r"\(3, 3, 3, 8\), model shape \(3, 3, 3, 4\)"):
     models.with_pretrained_backbone(params, wider)
