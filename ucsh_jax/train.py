@@ -49,9 +49,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   os.makedirs(workdir, exist_ok=True)
   source = data.get_source(config.data)
   splits = data.make_splits(config.data, source, seed=config.seed, workdir=workdir)
-  if len(splits.train) < config.batch_size:
+  if len(splits.train) < max(config.batch_size, config.num_clusters):
     raise ValueError(f"the training set has {len(splits.train)} images, fewer than "
-                     f"config.batch_size={config.batch_size}")
+                     f"config.batch_size={config.batch_size} or "
+                     f"config.num_clusters={config.num_clusters}")
   if source.kind == "features":
     pretrained, preprocessing = None, None
     sample = np.asarray(source[0]["features"], np.float32)[None]
