@@ -42,6 +42,7 @@ def _run(devices, config, model, batch, state, steps=2):
   key = parallel.replicate(mesh, jax.random.key(2))
   for _ in range(steps):
     state, metrics = step_fn(state, parallel.global_batch(mesh, batch), threshold, key)
+  assert step_fn._cache_size() == 1  # Compiled once: no retrace from step to step.
   return jax.device_get(state.params), jax.device_get(metrics)
 
 
