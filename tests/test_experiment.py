@@ -50,3 +50,22 @@ def test_model_choice():
   model = experiment.build_model(config, feature_dim=192)
   assert isinstance(model, experiment.FlatInputHashNet)
   assert model.head.feature_dim == 192 and model.head.code_activation == "sign"
+
+
+def test_pretrained_names_go_through_the_download_cache(monkeypatch, tmp_path):
+  asked = []
+
+  def fake_download(name, cache_dir):
+    asked.append((name, cache_dir))
+    raise RuntimeError(f"put the file at {cache_dir}")
+
+  monkeypatch.setattr(models, "download_pretrained", fake_download)
+  monkeypatch.chdir(tmp_path)  # No file called "timm" here.
+  config = cifar.get_config()
+  config.model.pretrained = "timm"
+  with pytest.raises(RuntimeError, match="put the file at"):
+    experiment.preprocessing_for(config)
+  assert asked == [("timm", experiment.WEIGHTS_CACHE)]
+  config.model.pretrained = str(tmp_path / "missing.pth")
+  with pytest.raises((FileNotFoundError, ValueError), match="missing.pth"):
+    experiment.preprocessing_for(config)

@@ -3,6 +3,7 @@
 Derived values live here, not in the configs, so that command-line overrides stay consistent.
 """
 
+import os
 from typing import Dict, Optional, Tuple
 
 import flax.linen as nn
@@ -18,6 +19,10 @@ from ucsh_jax import preprocessing as preprocessing_lib
 from ucsh_jax.train_step import LossWeights
 
 ABLATIONS = ("", "V", "C", "S", "R")
+# config.model.pretrained may name a standard file instead of giving its path; it is then looked
+# up in (or downloaded to) WEIGHTS_CACHE.
+PRETRAINED_NAMES = ("torchvision", "timm", "keras")
+WEIGHTS_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ucsh_jax")
 BACKBONES = ("vgg16", "none")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -93,12 +98,20 @@ def build_model(config: ml_collections.ConfigDict, feature_dim: Optional[int] = 
 
 def preprocessing_for(config: ml_collections.ConfigDict
                       ) -> Tuple[Optional[dict], preprocessing_lib.Preprocessing]:
-  """(pretrained VGG16 variables or None, the pixel preprocessing the network expects)."""
+  """(pretrained VGG16 variables or None, the pixel preprocessing the network expects).
+
+  `config.model.pretrained` is a weights file, or "torchvision" / "timm" / "keras" for the
+  standard file in ~/.cache/ucsh_jax (downloaded there when online; offline the error says which
+  file to put where).
+  """
   if not uses_backbone(config):
     return None, preprocessing_lib.UNIT
   if not config.model.pretrained:
     return None, preprocessing_lib.IMAGENET
-  return models.load_pretrained(config.model.pretrained)
+  path = config.model.pretrained
+  if not os.path.exists(path) and path in PRETRAINED_NAMES:
+    path = models.download_pretrained(path, WEIGHTS_CACHE)
+  return models.load_pretrained(path)
 
 
 def init_params(model, config: ml_collections.ConfigDict, sample_inputs: np.ndarray,
