@@ -15,7 +15,7 @@ def get_config():
   config.num_epochs = 10
   config.batch_size = 64
   config.num_clusters = 10
-  config.optimizer.learning_rate = 1e-3
+  config.optimizer.learning_rate = 3e-3
   config.optimizer.decay_every_epochs = 8
   config.model.backbone = "none"
   config.model.width = 0.125  # Used when --config.model.backbone=vgg16.
