@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import features as features_config
 from configs import test as test_config
 from ucsh_jax import train
 
@@ -93,3 +94,31 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   ref_params, params = _final_params(reference, steps), _final_params(workdir, steps)
   for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_feature_file_trains_with_its_own_splits(tmp_path):
+  """configs/features.py on a multi-label .npz that carries its split indices."""
+  rng = np.random.default_rng(0)
+  labels = (rng.random((120, 5)) < 0.3).astype(np.int32)
+  labels[labels.sum(1) == 0, 0] = 1
+  centers = rng.random((5, 24)).astype(np.float32)
+  features = labels @ centers + 0.1 * rng.random((120, 24)).astype(np.float32)
+  order = rng.permutation(120)
+  query_idx, database_idx = np.sort(order[:20]), np.sort(order[20:])
+  train_idx = np.sort(database_idx[:64])
+  path = tmp_path / "features.npz"
+  np.savez(path, features=features, labels=labels, query_idx=query_idx,
+           database_idx=database_idx, train_idx=train_idx)
+
+  config = features_config.get_config()
+  config.data.path = str(path)
+  config.num_epochs, config.batch_size, config.eval.batch_size = 2, 16, 32
+  config.bits, config.num_clusters, config.model.decoder_hidden = 8, 4, 16
+  config.eval.topk = 50
+  workdir = tmp_path / "run"
+  results = train.train_and_evaluate(config, str(workdir))
+  assert (results["num_query"], results["num_database"], results["num_train"]) == (20, 100, 64)
+  np.testing.assert_array_equal(np.load(workdir / "splits" / "query.npy"), query_idx)
+  np.testing.assert_array_equal(np.load(workdir / "splits" / "train.npy"), train_idx)
+  assert results["dataset"] == "features" and results["topk"] == 50
+  assert 0.0 < results["map"] <= 1.0

@@ -82,3 +82,16 @@ def test_gradient_is_that_of_the_global_objective():
   expected = jax.tree.map(lambda p, g: np.asarray(p) - lr * np.asarray(g), state.params, grads)
   for a, b in zip(jax.tree.leaves(params_8), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_step_keeps_float32_params_and_finite_losses():
+  config, _, batch, _ = _setup()
+  config.model.dtype = "bfloat16"
+  model = experiment.build_model(config)
+  params = experiment.init_params(model, config, batch["image"][:1], jax.random.key(1), None)
+  tx = experiment.make_optimizer(config, steps_per_epoch=4)
+  state = jax.device_get(experiment.create_train_state(model, params, tx))
+  new_params, metrics = _run(jax.devices(), config, model, batch, state, steps=1)
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(new_params))
+  assert all(np.isfinite(v) for v in metrics.values())
+  assert metrics["l2_updates"] > 0
