@@ -10,6 +10,7 @@ import time
 from typing import Any, Dict, Optional
 
 from absl import logging
+from clu import parameter_overview
 import jax
 import ml_collections
 import numpy as np
@@ -106,6 +107,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json."""
   start_time = time.time()
   run = setup(config, workdir)
+  if jax.process_index() == 0:
+    parameter_overview.log_parameter_overview(run.state.params, msg="Parameters")
   spe = run.steps_per_epoch
   total_steps = config.num_epochs * spe
   train_iter = data.train_iterator(
