@@ -23,7 +23,11 @@ from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300  # Per launch; a healthy one takes under a minute on 2 busy cores.
-MAIN_ARGS = ["--config=configs/test.py"]
+# Plain SGD: Adam divides each update by the gradient's magnitude, which turns the ulp-level
+# differences of a different all-reduce order into visible ones where a gradient is near zero.
+LEARNING_RATE = 0.005
+MAIN_ARGS = ["--config=configs/test.py", "--config.optimizer.name=sgd",
+             f"--config.optimizer.learning_rate={LEARNING_RATE}"]
 
 
 def _free_port() -> int:
@@ -126,14 +130,13 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path):
               and "Connecting to JAX distributed service" not in line]
 
   # The gradient all-reduce adds the 4 devices' terms in another order across processes (gloo)
-  # than within one: the parameters differ from step 1 by an ulp, which Adam's normalised steps
-  # carry on. atol is a thousandth of one Adam step (the learning rate).
+  # than within one, so the parameters agree to float rounding, not bit for bit.
   ref_state, state = _saved(single, steps), _saved(multi, steps)
   assert int(state["step"]) == int(ref_state["step"]) == steps
   ref_leaves, leaves = jax.tree.leaves(ref_state["params"]), jax.tree.leaves(state["params"])
   assert len(leaves) == len(ref_leaves) > 0
   for ref, got in zip(ref_leaves, leaves):
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3 * config.optimizer.learning_rate)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
   ref_epoch, epoch = _saved(single, steps, "epoch"), _saved(multi, steps, "epoch")
   np.testing.assert_array_equal(epoch["assignments"], ref_epoch["assignments"])
 
