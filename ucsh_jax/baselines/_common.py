@@ -44,7 +44,7 @@ def pca(x_NxD: jax.Array, num_components: int) -> Tuple[jax.Array, jax.Array, ja
     variances_P: those eigenvalues.
   """
   mean_D = x_NxD.mean(axis=0)
-  centred_NxD = x_NxD - mean_D
+  centred_NxD = x_NxD - mean_D[None, :]
   cov_DxD = jnp.matmul(centred_NxD.T, centred_NxD, precision=HIGHEST) / x_NxD.shape[0]
   eigvals_D, eigvecs_DxD = jnp.linalg.eigh(cov_DxD)  # Ascending eigenvalues.
   return (mean_D, eigvecs_DxD[:, ::-1][:, :num_components],

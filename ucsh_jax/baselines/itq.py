@@ -66,7 +66,7 @@ def fit(
         f"ITQ needs num_bits <= feature dimension, got num_bits={num_bits} for features of "
         f"shape {x_NxD.shape}")
   mean_D, pca_DxK, _ = _common.pca(x_NxD, num_bits)
-  v_NxK = jnp.matmul(x_NxD - mean_D, pca_DxK, precision=_common.HIGHEST)
+  v_NxK = jnp.matmul(x_NxD - mean_D[None, :], pca_DxK, precision=_common.HIGHEST)
   rotation_KxK, _ = jnp.linalg.qr(jax.random.normal(key, (num_bits, num_bits), x_NxD.dtype))
 
   def step(rotation, _):
@@ -84,5 +84,5 @@ def encode(params: ITQParams, features: jax.typing.ArrayLike) -> jax.Array:
   """(n, d) features -> (n, k) +-1 codes sign((x - mean) @ pca @ rotation), sign(0) = +1."""
   x_NxD = _common.as_features(features, "features")
   _common.check_dim(x_NxD, params.mean.shape[0])
-  v_NxK = jnp.matmul(x_NxD - params.mean, params.pca, precision=_common.HIGHEST)
+  v_NxK = jnp.matmul(x_NxD - params.mean[None, :], params.pca, precision=_common.HIGHEST)
   return _common.sign_codes(jnp.matmul(v_NxK, params.rotation, precision=_common.HIGHEST))

@@ -35,4 +35,4 @@ def encode(params: LSHParams, features: jax.typing.ArrayLike) -> jax.Array:
   x_NxD = _common.as_features(features, "features")
   _common.check_dim(x_NxD, params.mean.shape[0])
   return _common.sign_codes(
-      jnp.matmul(x_NxD - params.mean, params.projection, precision=_common.HIGHEST))
+      jnp.matmul(x_NxD - params.mean[None, :], params.projection, precision=_common.HIGHEST))

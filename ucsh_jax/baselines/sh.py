@@ -35,7 +35,7 @@ class SHParams(NamedTuple):
 
 
 def _project(mean_D: jax.Array, pca_DxP: jax.Array, x_NxD: jax.Array) -> jax.Array:
-  return jnp.matmul(x_NxD - mean_D, pca_DxP, precision=_common.HIGHEST)
+  return jnp.matmul(x_NxD - mean_D[None, :], pca_DxP, precision=_common.HIGHEST)
 
 
 @functools.partial(jax.jit, static_argnames="num_bits")
@@ -66,4 +66,5 @@ def encode(params: SHParams, features: jax.typing.ArrayLike) -> jax.Array:
   proj_NxK = _project(params.mean, params.pca, x_NxD)[:, params.dims]
   box_min_K = params.box_min[params.dims]
   omega_K = params.modes * jnp.pi / (params.box_max[params.dims] - box_min_K)
-  return _common.sign_codes(jnp.sin(jnp.pi / 2 + omega_K * (proj_NxK - box_min_K)))
+  return _common.sign_codes(
+      jnp.sin(jnp.pi / 2 + omega_K[None, :] * (proj_NxK - box_min_K[None, :])))

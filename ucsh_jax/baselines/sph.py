@@ -32,7 +32,7 @@ def _distances(x_NxD: jax.Array, pivots_KxD: jax.Array) -> jax.Array:
   """(n, k) Euclidean distances between rows of `x_NxD` and pivots."""
   sq_NxK = (jnp.sum(jnp.square(x_NxD), axis=1, keepdims=True)
             - 2 * jnp.matmul(x_NxD, pivots_KxD.T, precision=_common.HIGHEST)
-            + jnp.sum(jnp.square(pivots_KxD), axis=1))
+            + jnp.sum(jnp.square(pivots_KxD), axis=1)[None, :])
   return jnp.sqrt(jnp.maximum(sq_NxK, 0))
 
 
@@ -40,7 +40,7 @@ def _radii_and_overlaps(x_NxD: jax.Array, pivots_KxD: jax.Array) -> Tuple[jax.Ar
   """Median radii (k,) and co-occurrence counts (k, k) of +1 bits on the points `x_NxD`."""
   dist_NxK = _distances(x_NxD, pivots_KxD)
   radii_K = jnp.median(dist_NxK, axis=0)
-  inside_NxK = (dist_NxK <= radii_K).astype(x_NxD.dtype)
+  inside_NxK = (dist_NxK <= radii_K[None, :]).astype(x_NxD.dtype)
   return radii_K, jnp.matmul(inside_NxK.T, inside_NxK, precision=_common.HIGHEST)
 
 
@@ -93,4 +93,5 @@ def encode(params: SpHParams, features: jax.typing.ArrayLike) -> jax.Array:
   """(n, d) features -> (n, k) +-1 codes: +1 where ||x - pivot_i|| <= radius_i."""
   x_NxD = _common.as_features(features, "features")
   _common.check_dim(x_NxD, params.pivots.shape[1])
-  return jnp.where(_distances(x_NxD, params.pivots) <= params.radii, 1.0, -1.0).astype(x_NxD.dtype)
+  inside_NxK = _distances(x_NxD, params.pivots) <= params.radii[None, :]
+  return jnp.where(inside_NxK, 1.0, -1.0).astype(x_NxD.dtype)

@@ -66,7 +66,7 @@ def _nearest(x_NxD, sq_x_N, centroids_CxD):
   """Nearest centroid of each row and the squared distance to it (clipped at 0)."""
   # ||x||^2 is the same for every centroid, so it only enters the distance, not the argmin.
   cross_NxC = jnp.matmul(x_NxD, centroids_CxD.T, precision=_HIGHEST)
-  part_NxC = jnp.sum(jnp.square(centroids_CxD), axis=-1) - 2.0 * cross_NxC
+  part_NxC = jnp.sum(jnp.square(centroids_CxD), axis=-1)[None, :] - 2.0 * cross_NxC
   assign_N = jnp.argmin(part_NxC, axis=-1).astype(jnp.int32)
   dist_N = jnp.maximum(sq_x_N + jnp.min(part_NxC, axis=-1), 0.0)
   return assign_N, dist_N
@@ -105,7 +105,7 @@ def _update(x_NxD, assign_N, dist_N, num_clusters, rows):
   The j-th empty cluster (in index order) gets the row with the j-th largest distance
   to its own centroid (lowest global index first on ties).
   """
-  one_hot_NxC = (assign_N[:, None] == jnp.arange(num_clusters)).astype(x_NxD.dtype)
+  one_hot_NxC = (assign_N[:, None] == jnp.arange(num_clusters)[None, :]).astype(x_NxD.dtype)
   sums_CxD = rows.sum(jnp.matmul(one_hot_NxC.T, x_NxD, precision=_HIGHEST))
   counts_C = rows.sum(jnp.sum(one_hot_NxC, axis=0))
   means_CxD = sums_CxD / jnp.maximum(counts_C, 1.0)[:, None]
