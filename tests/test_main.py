@@ -65,8 +65,10 @@ def test_non_finite_loss_stops_with_the_step_named(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path):
-  """kill -9 during or right after an asynchronous save; the restarted run matches."""
+@pytest.mark.parametrize("moment", ["during_save", "after_save"])
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, moment):
+  """kill -9 while the first asynchronous save is being written (only a temporary folder
+  exists: the restart begins again) or once it is finished (the restart resumes from it)."""
   reference = tmp_path / "reference"
   config = test_config.get_config()
   train.train_and_evaluate(config, str(reference))
@@ -76,21 +78,32 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   command = [sys.executable, "-m", "ucsh_jax.main", "--config=configs/test.py",
              f"--workdir={workdir}"]
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+                             stderr=subprocess.DEVNULL)
   checkpoints = workdir / "checkpoints"
   try:
     while process.poll() is None:
-      if checkpoints.exists() and any(checkpoints.iterdir()):
-        process.kill()  # SIGKILL: no clean-up, possibly in the middle of a save.
+      entries = list(checkpoints.iterdir()) if checkpoints.exists() else []
+      ready = (bool(entries) if moment == "during_save"
+               else any(p.name.isdigit() for p in entries))
+      if ready:
+        process.kill()  # SIGKILL: no clean-up.
         break
       time.sleep(0.01)
   finally:
     process.wait(timeout=120)
   assert process.returncode == -9, "the run finished before it could be killed"
   assert not (workdir / "results.json").exists()
+  # A finished save is a folder named by its step; one cut short is a temporary folder.
+  saved = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()]
 
   finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert finished.returncode == 0, finished.stderr[-3000:]
+  if moment == "after_save":
+    assert saved, "killed after a save, yet no finished checkpoint"
+  if saved:
+    assert f"Resumed from step {max(saved)} " in finished.stderr
+  else:
+    assert "Resumed from step" not in finished.stderr
   ref_params, params = _final_params(reference, steps), _final_params(workdir, steps)
   for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
