@@ -8,7 +8,7 @@ step on the same global batch (tests/test_train_step.py checks 1 vs 8 devices).
 """
 
 import functools
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Callable, Dict, NamedTuple, Tuple
 
 import flax.linen as nn
 from flax.training import train_state

@@ -16,7 +16,6 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ucsh_jax.data import images
 from ucsh_jax.data import tfds_builder
 
 IMAGE_DIR = "mirflickr"
@@ -94,15 +93,5 @@ class UcshMirflickr(tfds_builder.ManualDirBuilder):
       raise FileNotFoundError(f"{self.name}: the manual directory {self.manual_path} does not "
                               f"exist. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     paths, labels = read_layout(os.fspath(self.manual_path))
-    return {"train": self._generate_examples(paths, labels)}
-
-  def _generate_examples(self, paths, labels_NxC):
-    skipped = []
-    data = images.read_checked_many(paths, skip_corrupt=self.skip_corrupt)
-    for i, (path, encoded, labels) in enumerate(zip(paths, data, labels_NxC)):
-      if encoded is None:
-        skipped.append(path)
-        continue
-      yield i, {"image": encoded, "labels": labels,
-                "file_name": f"{IMAGE_DIR}/{os.path.basename(path)}"}
-    self.log_skipped(skipped)
+    names = [f"{IMAGE_DIR}/{os.path.basename(path)}" for path in paths]
+    return {"train": self._generate_examples(paths, labels, names)}

@@ -19,7 +19,6 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ucsh_jax.data import images
 from ucsh_jax.data import tfds_builder
 
 IMAGE_LIST = "ImageList/Imagelist.txt"
@@ -134,14 +133,5 @@ class UcshNusWide(tfds_builder.ManualDirBuilder):
       raise FileNotFoundError(
           f"{self.name}: neither {IMAGE_LIST} nor {LIST_FILE} is in the manual directory {manual}. "
           + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    return {"train": self._generate_examples(paths, labels, manual)}
-
-  def _generate_examples(self, paths, labels_NxC, manual):
-    skipped = []
-    data = images.read_checked_many(paths, skip_corrupt=self.skip_corrupt)
-    for i, (path, encoded, labels) in enumerate(zip(paths, data, labels_NxC)):
-      if encoded is None:
-        skipped.append(path)
-        continue
-      yield i, {"image": encoded, "labels": labels, "file_name": os.path.relpath(path, manual)}
-    self.log_skipped(skipped)
+    names = [os.path.relpath(path, manual) for path in paths]
+    return {"train": self._generate_examples(paths, labels, names)}

@@ -7,11 +7,14 @@ tensorflow-datasets 4.9.10 imports `importlib_resources` when it prepares a buil
 package but declares it only for Python < 3.9 (tfds issue #11212), so it must be installed.
 """
 
-from typing import Optional
+from typing import Iterator, Optional, Sequence, Tuple
 
 from absl import logging
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
+
+from ucsh_jax.data import images
 
 
 class ManualDirBuilder(tfds.core.GeneratorBasedBuilder):
@@ -30,8 +33,20 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder):
                         else self.data_dir_root / "downloads" / "manual")
     self.skip_corrupt = skip_corrupt
 
-  def log_skipped(self, skipped: list) -> None:
-    """Logs how many unreadable images `skip_corrupt` left out, with the first few names."""
+  def _generate_examples(self, paths: Sequence[str], labels_NxC: np.ndarray,
+                         file_names: Sequence[str]) -> Iterator[Tuple[int, dict]]:
+    """(key, {"image": encoded bytes, "labels", "file_name"}) per image, keyed by list position.
+
+    Every image is decoded once to check it; an unreadable one raises an error naming the file,
+    or with `skip_corrupt` is left out and counted in the log.
+    """
+    skipped = []
+    data = images.read_checked_many(paths, skip_corrupt=self.skip_corrupt)
+    for i, (path, encoded, labels, name) in enumerate(zip(paths, data, labels_NxC, file_names)):
+      if encoded is None:
+        skipped.append(path)
+        continue
+      yield i, {"image": encoded, "labels": labels, "file_name": name}
     if skipped:
       logging.warning("%s: skipped %d unreadable image(s) (data.skip_corrupt=True), e.g. %s",
                       self.name, len(skipped), ", ".join(map(str, skipped[:5])))
