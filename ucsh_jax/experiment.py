@@ -142,3 +142,15 @@ def make_optimizer(config: ml_collections.ConfigDict,
 
 def create_train_state(model, params, tx: optax.GradientTransformation) -> train_state.TrainState:
   return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def abstract_train_state(model, sample_inputs: np.ndarray, tx: optax.GradientTransformation,
+                         sharding: jax.sharding.Sharding) -> train_state.TrainState:
+  """The train state's shapes and dtypes with `sharding`, computed without initialising it."""
+  def create():
+    params = model.init({"params": jax.random.key(0)}, jnp.asarray(sample_inputs),
+                        train=False)["params"]
+    return create_train_state(model, params, tx)
+
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      jax.eval_shape(create))

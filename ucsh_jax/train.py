@@ -43,8 +43,12 @@ class Run:
   keys: Dict[str, jax.Array]
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Builds data, splits, model and the (replicated) initial train state."""
+def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = False) -> Run:
+  """Builds data, splits, model and the (replicated) initial train state.
+
+  With `restoring`, the state is only a restore target (shapes, dtypes and shardings): nothing
+  is initialised or copied to the devices, since a checkpoint will replace it.
+  """
   mesh = parallel.make_mesh()
   experiment.validate(config, mesh.size)
   os.makedirs(workdir, exist_ok=True)
@@ -64,12 +68,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   model = experiment.build_model(config, feature_dim=int(np.prod(sample.shape[1:])))
   root = jax.random.key(config.seed)
   keys = dict(zip(("init", "train", "centers", "epoch"), jax.random.split(root, 4)))
-  params = experiment.init_params(model, config, sample, keys["init"], pretrained)
   steps_per_epoch = len(splits.train) // config.batch_size
   tx = experiment.make_optimizer(config, steps_per_epoch)
-  state = parallel.replicate(mesh, experiment.create_train_state(model, params, tx))
+  if restoring:
+    state = experiment.abstract_train_state(model, sample, tx,
+                                            parallel.replicated_sharding(mesh))
+  else:
+    params = experiment.init_params(model, config, sample, keys["init"], pretrained)
+    state = parallel.replicate(mesh, experiment.create_train_state(model, params, tx))
   feature_dim = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, train=False),
-                               params, sample)["features"].shape[-1]
+                               state.params, sample)["features"].shape[-1]
   return Run(config=config, workdir=workdir, mesh=mesh, source=source, splits=splits,
              model=model, preprocessing=preprocessing, state=state, feature_dim=feature_dim,
              steps_per_epoch=steps_per_epoch, keys=keys)
@@ -106,24 +114,24 @@ def _check_finite(step: int, metrics: Dict[str, Any], last_saved: Optional[int])
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json."""
   start_time = time.time()
-  run = setup(config, workdir)
-  if jax.process_index() == 0:
-    parameter_overview.log_parameter_overview(run.state.params, msg="Parameters")
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                            max_to_keep=config.checkpoints_to_keep)
+  last_saved = checkpointer.latest_step()
+  run = setup(config, workdir, restoring=last_saved is not None)
   spe = run.steps_per_epoch
   total_steps = config.num_epochs * spe
   train_iter = data.train_iterator(
       run.source, run.splits.train, global_batch_size=config.batch_size,
       image_size=config.data.image_size, preprocessing=run.preprocessing, seed=config.seed,
       num_workers=config.data.num_workers)
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                            max_to_keep=config.checkpoints_to_keep)
   epoch_state = epoch_state_lib.empty_epoch_state(config.num_clusters, run.feature_dim,
                                                   len(run.splits.train))
   state = run.state
-  last_saved = checkpointer.latest_step()
   if last_saved is not None:
     state, epoch_state = checkpointer.restore(last_saved, state, train_iter, epoch_state)
     logging.info("Resumed from step %d in %s.", last_saved, workdir)
+  if jax.process_index() == 0:
+    parameter_overview.log_parameter_overview(state.params, msg="Parameters")
   step = int(state.step)
   centers_NxK = np.asarray(ops.hash_centers(config.num_clusters, config.bits,
                                             key=run.keys["centers"]), np.float32)
@@ -201,7 +209,7 @@ def restore_params(run: Run) -> Any:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         write_codes: bool = False) -> Dict[str, Any]:
   """--mode=eval: scores the latest checkpoint; --mode=encode also writes codes.npz."""
-  run = setup(config, workdir)
+  run = setup(config, workdir, restoring=True)
   params = restore_params(run)
   forward = inference.make_forward(run.model, run.mesh)
   codes = evaluate.encode_query_and_database(forward, params, run.source, run.splits,
