@@ -4,29 +4,21 @@ import json
 import os
 from typing import Any, Dict
 
-import jax
 import numpy as np
 
-from ucsh_jax import data
 from ucsh_jax import inference
 from ucsh_jax import metrics
 
 PRECISION_KS = (100, 500, 1000, 5000)
 
 
-def encode_split(forward, params, source, indices: np.ndarray, *, mesh, batch_size: int,
-                 image_size: int, preprocessing) -> np.ndarray:
-  """+-1 int8 codes (len(indices), k) of the examples `indices` of `source`, in that order."""
-  batches = data.eval_batches(source, indices, batch_size=batch_size // jax.process_count(),
-                              image_size=image_size, preprocessing=preprocessing)
-  return inference.collect(forward, params, batches, mesh, len(indices), keys=("codes",))["codes"]
-
-
 def encode_query_and_database(forward, params, source, splits, **kwargs) -> Dict[str, np.ndarray]:
   """The arrays of `codes.npz`: query/database codes (+-1 int8) and labels."""
   labels = np.asarray(source.labels)
-  return {"query_codes": encode_split(forward, params, source, splits.query, **kwargs),
-          "database_codes": encode_split(forward, params, source, splits.database, **kwargs),
+  return {"query_codes": inference.outputs_for(forward, params, source, splits.query, "codes",
+                                               **kwargs),
+          "database_codes": inference.outputs_for(forward, params, source, splits.database,
+                                                  "codes", **kwargs),
           "query_labels": labels[splits.query],
           "database_labels": labels[splits.database]}
 

@@ -1,12 +1,13 @@
 """Data-parallel eval-mode forward passes: fc7 features for clustering, codes for retrieval."""
 
-from typing import Callable, Dict, Iterable
+from typing import Callable, Dict
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ucsh_jax import data
 from ucsh_jax import parallel
 
 
@@ -26,31 +27,31 @@ def make_forward(model: nn.Module, mesh: jax.sharding.Mesh) -> Callable[..., Dic
   return jax.jit(forward, out_shardings=out_sharding)
 
 
-def collect(forward: Callable[..., Dict[str, jax.Array]], params, batches: Iterable[dict],
-            mesh: jax.sharding.Mesh, num_examples: int, keys=("features", "codes")
-            ) -> Dict[str, np.ndarray]:
-  """Runs `forward` over eval batches and returns the outputs of all examples, in order.
+def outputs_for(forward: Callable[..., Dict[str, jax.Array]], params, source,
+                indices: np.ndarray, key: str, *, mesh: jax.sharding.Mesh, batch_size: int,
+                image_size: int, preprocessing) -> np.ndarray:
+  """`forward`'s output `key` ("features" or "codes") for the examples `indices` of `source`.
 
-  Args:
-    batches: host-local batches with "image" or "features", "mask" (B,) and "index" (B,), the
-      position of each example in the evaluated set (padding has mask False).
-    num_examples: size of the evaluated set (over all hosts).
+  Runs over ordered, padded eval batches (`batch_size` is global; each host reads its own
+  slice) and copies only the requested output back from the devices.
+
   Returns:
-    {key: (num_examples, ...) numpy array} on every host.
+    (len(indices), ...) numpy array, in the order of `indices`, complete on every host.
   """
-  result = {}
-  seen = np.zeros((num_examples,), bool)
+  batches = data.eval_batches(source, indices, batch_size=batch_size // jax.process_count(),
+                              image_size=image_size, preprocessing=preprocessing)
+  result = None
+  seen = np.zeros((len(indices),), bool)
   for batch in batches:
     inputs = batch["image"] if "image" in batch else batch["features"]
-    host = {"inputs": inputs, "mask": batch["mask"], "index": batch["index"]}
-    glob = parallel.global_batch(mesh, host)
-    out = parallel.to_host(forward(params, glob["inputs"]))
-    mask, index = parallel.to_host((glob["mask"], glob["index"]))
-    for name in keys:
-      if name not in result:
-        result[name] = np.zeros((num_examples,) + out[name].shape[1:], out[name].dtype)
-      result[name][index[mask]] = out[name][mask]
+    glob = parallel.global_batch(
+        mesh, {"inputs": inputs, "mask": batch["mask"], "index": batch["index"]})
+    out, mask, index = parallel.to_host(
+        (forward(params, glob["inputs"])[key], glob["mask"], glob["index"]))
+    if result is None:
+      result = np.zeros((len(indices),) + out.shape[1:], out.dtype)
+    result[index[mask]] = out[mask]
     seen[index[mask]] = True
   if not seen.all():
-    raise RuntimeError(f"evaluation saw {seen.sum()} of {num_examples} examples")
+    raise RuntimeError(f"evaluation saw {seen.sum()} of {len(indices)} examples")
   return result

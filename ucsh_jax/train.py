@@ -83,23 +83,15 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
              steps_per_epoch=steps_per_epoch, keys=keys)
 
 
-def _eval_kwargs(run: Run) -> Dict[str, Any]:
+def eval_kwargs(run: Run) -> Dict[str, Any]:
+  """The keyword arguments of `inference.outputs_for` for this run."""
   return dict(mesh=run.mesh, batch_size=run.config.eval.batch_size,
               image_size=run.config.data.image_size, preprocessing=run.preprocessing)
 
 
-def _train_features(run: Run, forward, params) -> np.ndarray:
-  """fc7 features (n_train, d) of every training image with the current parameters."""
-  batches = data.eval_batches(
-      run.source, run.splits.train, batch_size=run.config.eval.batch_size // jax.process_count(),
-      image_size=run.config.data.image_size, preprocessing=run.preprocessing)
-  return inference.collect(forward, params, batches, run.mesh, len(run.splits.train),
-                           keys=("features",))["features"]
-
-
 def _evaluate(run: Run, forward, params) -> Dict[str, Any]:
   codes = evaluate.encode_query_and_database(forward, params, run.source, run.splits,
-                                             **_eval_kwargs(run))
+                                             **eval_kwargs(run))
   return evaluate.score(codes, run.config.eval.topk)
 
 
@@ -149,8 +141,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     while step < total_steps:
       epoch = step // spe
       if int(epoch_state.epoch) != epoch:
+        features_NxD = inference.outputs_for(forward, state.params, run.source,
+                                             run.splits.train, "features", **eval_kwargs(run))
         epoch_state = parallel.same_on_all_hosts(epoch_state_lib.refresh_epoch_state(
-            _train_features(run, forward, state.params), epoch_state, epoch=epoch,
+            features_NxD, epoch_state, epoch=epoch,
             num_clusters=config.num_clusters, kmeans_iters=config.kmeans_iters,
             threshold_samples=config.threshold_samples,
             key=jax.random.fold_in(run.keys["epoch"], epoch)))
@@ -213,7 +207,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   params = restore_params(run)
   forward = inference.make_forward(run.model, run.mesh)
   codes = evaluate.encode_query_and_database(forward, params, run.source, run.splits,
-                                             **_eval_kwargs(run))
+                                             **eval_kwargs(run))
   scores = evaluate.score(codes, config.eval.topk)
   if jax.process_index() == 0:
     if write_codes:

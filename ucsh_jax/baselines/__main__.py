@@ -68,12 +68,9 @@ def extract_features(run: train.Run) -> Dict[str, np.ndarray]:
   forward = inference.make_forward(run.model, run.mesh)
   features = {}
   for name in ("query", "database"):
-    indices = getattr(run.splits, name)
-    batches = data.eval_batches(
-        run.source, indices, batch_size=run.config.eval.batch_size // jax.process_count(),
-        image_size=run.config.data.image_size, preprocessing=run.preprocessing)
-    features[name] = inference.collect(forward, run.state.params, batches, run.mesh,
-                                       len(indices), keys=("features",))["features"]
+    features[name] = inference.outputs_for(forward, run.state.params, run.source,
+                                           getattr(run.splits, name), "features",
+                                           **train.eval_kwargs(run))
   features["train"] = features["database"][_train_rows(run.splits)]
   return features
 
