@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from ucsh_jax import errors
 from ucsh_jax import models
 from ucsh_jax import preprocessing as preprocessing_lib
 from ucsh_jax.train_step import LossWeights
@@ -28,29 +29,29 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ValueError naming the config field that makes the run impossible."""
+  """Raises UserError naming the config field that makes the run impossible."""
   if config.ablation not in ABLATIONS:
-    raise ValueError(f"config.ablation={config.ablation!r}; expected one of {ABLATIONS}")
+    raise errors.UserError(f"config.ablation={config.ablation!r}; expected one of {ABLATIONS}")
   if config.optimizer.name not in OPTIMIZERS:
-    raise ValueError(f"config.optimizer.name={config.optimizer.name!r}; expected one of "
+    raise errors.UserError(f"config.optimizer.name={config.optimizer.name!r}; expected one of "
                      f"{OPTIMIZERS}")
   if config.model.backbone not in BACKBONES:
-    raise ValueError(f"config.model.backbone={config.model.backbone!r}; expected one of "
+    raise errors.UserError(f"config.model.backbone={config.model.backbone!r}; expected one of "
                      f"{BACKBONES}")
   if config.model.backbone == "none" and config.model.pretrained:
-    raise ValueError("config.model.pretrained is set but config.model.backbone='none' has no "
+    raise errors.UserError("config.model.pretrained is set but config.model.backbone='none' has no "
                      "VGG16 to load it into")
   if config.model.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.dtype={config.model.dtype!r}; expected float32 or bfloat16")
+    raise errors.UserError(f"config.model.dtype={config.model.dtype!r}; expected float32 or bfloat16")
   for name in ("bits", "batch_size", "num_epochs", "num_clusters", "kmeans_iters",
                "threshold_samples"):
     if config[name] < 1:
-      raise ValueError(f"config.{name}={config[name]} must be at least 1")
+      raise errors.UserError(f"config.{name}={config[name]} must be at least 1")
   if config.batch_size % num_devices:
-    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of the "
+    raise errors.UserError(f"config.batch_size={config.batch_size} must be a multiple of the "
                      f"{num_devices} devices")
   if config.eval.batch_size % num_devices:
-    raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of "
+    raise errors.UserError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of "
                      f"the {num_devices} devices")
 
 
