@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ucsh_jax import errors
+
 DATASET_NAMES = {"cifar10": "CIFAR-10", "nus_wide": "NUS-WIDE", "mirflickr": "MIRFLICKR-25K"}
 METHOD_NAMES = {"sh": "SH", "itq": "ITQ", "lsh": "LSH", "sph": "SpH"}  # Table 1's order.
 ABLATION_NAMES = {"": "UCSH", "V": "UCSH-V", "C": "UCSH-C", "S": "UCSH-S", "R": "UCSH-R"}
@@ -38,12 +40,12 @@ def _read(path: str) -> dict:
     with open(path) as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read {path}: {e}") from e
+    raise errors.UserError(f"cannot read {path}: {e}") from e
 
 
 def _field(payload: dict, key: str, path: str):
   if key not in payload:
-    raise KeyError(f"{path} has no {key!r} field (it has {sorted(payload)})")
+    raise errors.UserError(f"{path} has no {key!r} field (it has {sorted(payload)})")
   return payload[key]
 
 
@@ -60,7 +62,7 @@ def collect(root: str) -> Tuple[Dict[Cell, float], Dict[Cell, str], List[Optiona
 
   def add(cell: Cell, value: float, path: str, topk: Optional[int]) -> None:
     if cell in values:
-      raise ValueError(f"{cell[0]} on {cell[1]} at {cell[2]} bits is in both {sources[cell]} "
+      raise errors.UserError(f"{cell[0]} on {cell[1]} at {cell[2]} bits is in both {sources[cell]} "
                        f"and {path}; keep one run per cell under the root")
     values[cell], sources[cell] = float(value), path
     topk = topk if topk and topk > 0 else None
@@ -73,7 +75,7 @@ def collect(root: str) -> Tuple[Dict[Cell, float], Dict[Cell, str], List[Optiona
       run = _read(path)
       ablation = _field(run, "ablation", path)
       if ablation not in ABLATION_NAMES:
-        raise ValueError(f"{path}: unknown ablation {ablation!r}; expected one of "
+        raise errors.UserError(f"{path}: unknown ablation {ablation!r}; expected one of "
                          f"{sorted(ABLATION_NAMES)}")
       add((ABLATION_NAMES[ablation], _field(run, "dataset", path), int(_field(run, "bits", path))),
           _field(run, "map", path), path, _field(run, "topk", path))
@@ -82,7 +84,7 @@ def collect(root: str) -> Tuple[Dict[Cell, float], Dict[Cell, str], List[Optiona
       run = _read(path)
       for method, by_bits in _field(run, "map", path).items():
         if method not in METHOD_NAMES:
-          raise ValueError(f"{path}: unknown method {method!r}; expected one of "
+          raise errors.UserError(f"{path}: unknown method {method!r}; expected one of "
                            f"{sorted(METHOD_NAMES)}")
         for bits, value in by_bits.items():
           add((METHOD_NAMES[method], _field(run, "dataset", path), int(bits)), value, path,
@@ -108,7 +110,7 @@ def render(root: str) -> str:
   """The Markdown of Table 1 and Table 2 for the runs under `root`."""
   values, _, topks = collect(root)
   if not values:
-    raise FileNotFoundError(f"no results.json or baselines.json under {root}")
+    raise errors.UserError(f"no results.json or baselines.json under {root}")
   label = (map_label(topks[0]) if len(topks) == 1 else
            "MAP (mixed cut-offs: " + ", ".join(map_label(t) for t in topks) + ")")
   parts = []

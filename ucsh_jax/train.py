@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ucsh_jax import errors
 from ucsh_jax import checkpointing
 from ucsh_jax import data
 from ucsh_jax import epoch_state as epoch_state_lib
@@ -55,7 +56,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
   source = data.get_source(config.data)
   splits = data.make_splits(config.data, source, seed=config.seed, workdir=workdir)
   if len(splits.train) < max(config.batch_size, config.num_clusters):
-    raise ValueError(f"the training set has {len(splits.train)} images, fewer than "
+    raise errors.UserError(f"the training set has {len(splits.train)} images, fewer than "
                      f"config.batch_size={config.batch_size} or "
                      f"config.num_clusters={config.num_clusters}")
   if source.kind == "features":
@@ -193,7 +194,7 @@ def restore_params(run: Run) -> Any:
   checkpointer = checkpointing.Checkpointer(os.path.join(run.workdir, "checkpoints"))
   step = checkpointer.latest_step()
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {run.workdir}/checkpoints: train first "
+    raise errors.UserError(f"no checkpoint in {run.workdir}/checkpoints: train first "
                             f"(--mode=train) with this workdir")
   state = checkpointer.restore_state(step, run.state)
   checkpointer.close()

@@ -24,6 +24,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from ucsh_jax import errors
 from ucsh_jax import data
 from ucsh_jax import distributed
 from ucsh_jax import evaluate
@@ -105,9 +106,9 @@ def markdown(results: Dict[str, Any]) -> str:
 
 def _check_choice(methods: Sequence[str], bits: Sequence[int]) -> None:
   if not methods or any(m not in METHODS for m in methods):
-    raise ValueError(f"methods {list(methods)}: expected a non-empty list from {sorted(METHODS)}")
+    raise errors.UserError(f"methods {list(methods)}: expected a non-empty list from {sorted(METHODS)}")
   if not bits or any(b < 1 for b in bits):
-    raise ValueError(f"bits {list(bits)}: expected a non-empty list of positive integers")
+    raise errors.UserError(f"bits {list(bits)}: expected a non-empty list of positive integers")
 
 
 def _write_features(path: str, run: train.Run, features: Dict[str, np.ndarray]) -> None:

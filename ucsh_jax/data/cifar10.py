@@ -20,6 +20,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ucsh_jax import errors
 from ucsh_jax.data import images
 from ucsh_jax.data import tfds_builder
 
@@ -47,7 +48,7 @@ def _load_pickle(data: bytes, member: str) -> dict:
   try:
     return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-    raise ValueError(f"cannot read {member} in the CIFAR-10 archive: {e}") from e
+    raise errors.UserError(f"cannot read {member} in the CIFAR-10 archive: {e}") from e
 
 
 def unreachable_reason(url: str) -> str:
@@ -78,17 +79,17 @@ def read_archive(path) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
                        key=lambda b: int(b.rsplit("_", 1)[1]))
   for needed in ("test_batch", "data_batch_1"):
     if needed not in batches:
-      raise ValueError(f"{path}: no cifar-10-batches-py/{needed} in the archive")
+      raise errors.UserError(f"{path}: no cifar-10-batches-py/{needed} in the archive")
   if "batches.meta" in batches:
     names = tuple(n.decode() for n in batches["batches.meta"][b"label_names"])
     if names != LABEL_NAMES:
-      raise ValueError(f"{path}: batches.meta label names {names} are not CIFAR-10's {LABEL_NAMES}")
+      raise errors.UserError(f"{path}: batches.meta label names {names} are not CIFAR-10's {LABEL_NAMES}")
 
   def decode(name):
     data = np.asarray(batches[name][b"data"], np.uint8)
     labels = np.asarray(batches[name][b"labels"])
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-      raise ValueError(f"{path}: {name} has data of shape {data.shape} and {len(labels)} labels; "
+      raise errors.UserError(f"{path}: {name} has data of shape {data.shape} and {len(labels)} labels; "
                        "expected (N, 3072) and N")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
 
@@ -125,7 +126,7 @@ class UcshCifar10(tfds_builder.ManualDirBuilder):
       return local
     reason = unreachable_reason(URL)
     if reason:
-      raise FileNotFoundError(
+      raise errors.UserError(
           f"{ARCHIVE} is not in the manual directory {self.manual_path} and {URL} cannot be "
           f"reached ({reason}). Download it elsewhere and put it at {local} "
           "(or pass --config.data.manual_dir=DIR).")

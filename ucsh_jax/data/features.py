@@ -4,6 +4,8 @@ from typing import Dict
 
 import numpy as np
 
+from ucsh_jax import errors
+
 SPLIT_KEYS = ("query_idx", "database_idx", "train_idx")
 
 
@@ -22,19 +24,19 @@ class FeatureSource:
       with np.load(path) as npz:
         arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError) as e:
-      raise ValueError(f"cannot read feature file {path}: {e}") from e
+      raise errors.UserError(f"cannot read feature file {path}: {e}") from e
     for key in ("features", "labels"):
       if key not in arrays:
-        raise KeyError(f"feature file {path} has no {key!r} array (it has {sorted(arrays)})")
+        raise errors.UserError(f"feature file {path} has no {key!r} array (it has {sorted(arrays)})")
     features, labels = arrays["features"], arrays["labels"]
     if features.ndim != 2 or not np.issubdtype(features.dtype, np.number):
-      raise ValueError(f"{path}: 'features' must be a numeric (n, d) array, got {features.dtype} "
+      raise errors.UserError(f"{path}: 'features' must be a numeric (n, d) array, got {features.dtype} "
                        f"{features.shape}")
     if labels.ndim not in (1, 2) or labels.dtype.kind not in "iub":
-      raise ValueError(f"{path}: 'labels' must be int (n,) or multi-hot (n, c), got {labels.dtype} "
+      raise errors.UserError(f"{path}: 'labels' must be int (n,) or multi-hot (n, c), got {labels.dtype} "
                        f"{labels.shape}")
     if len(labels) != len(features):
-      raise ValueError(f"{path}: 'features' {features.shape} and 'labels' {labels.shape} have "
+      raise errors.UserError(f"{path}: 'features' {features.shape} and 'labels' {labels.shape} have "
                        "different lengths")
     self.features = features.astype(np.float32)
     self.labels = labels.astype(np.int32)

@@ -7,6 +7,7 @@ import os
 from absl import logging
 import numpy as np
 
+from ucsh_jax import errors
 from ucsh_jax.data import images
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
@@ -25,7 +26,7 @@ class ImageFolderSource:
 
   def __init__(self, root: str, *, skip_corrupt: bool = False):
     if not os.path.isdir(root):
-      raise FileNotFoundError(f"image folder {root!r} does not exist (data.path)")
+      raise errors.UserError(f"image folder {root!r} does not exist (data.path)")
     self.class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     paths: List[str] = []
     labels: List[int] = []
@@ -36,7 +37,7 @@ class ImageFolderSource:
         paths += [os.path.join(folder, f) for f in found]
         labels += [label] * len(found)
     if not paths:
-      raise FileNotFoundError(
+      raise errors.UserError(
           f"no images ({', '.join(EXTENSIONS)}) in class folders {root}/<class>/ (data.path)")
     if skip_corrupt:
       ok = [data is not None for data in images.read_checked_many(paths, skip_corrupt=True)]

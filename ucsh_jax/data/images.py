@@ -9,11 +9,13 @@ import itertools
 import numpy as np
 import PIL.Image
 
+from ucsh_jax import errors
+
 # What PIL raises for unreadable or truncated data (UnidentifiedImageError is an OSError).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, PIL.Image.DecompressionBombError)
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(errors.UserError):
   """An image file or record that cannot be read or decoded; the message names it."""
 
 

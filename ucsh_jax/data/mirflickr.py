@@ -16,6 +16,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ucsh_jax import errors
 from ucsh_jax.data import tfds_builder
 
 IMAGE_DIR = "mirflickr"
@@ -34,7 +35,7 @@ def read_layout(manual_dir: str) -> Tuple[List[str], np.ndarray]:
   """
   image_dir = os.path.join(manual_dir, IMAGE_DIR)
   if not os.path.isdir(image_dir):
-    raise FileNotFoundError(
+    raise errors.UserError(
         f"ucsh_mirflickr: missing folder {image_dir}; put the images mirflickr/im1.jpg .. "
         "im25000.jpg of mirflickr25k.zip there.")
   numbers = [int(m.group(1)) for f in os.listdir(image_dir)
@@ -46,7 +47,7 @@ def read_layout(manual_dir: str) -> Tuple[List[str], np.ndarray]:
     path = os.path.join(annotation_dir or os.path.join(manual_dir, ANNOTATION_DIRS[0]),
                         f"{label}.txt")
     if not os.path.isfile(path):
-      raise FileNotFoundError(
+      raise errors.UserError(
           f"ucsh_mirflickr: missing annotation file {path}; put the 24 label files of "
           f"mirflickr25k_annotations_v080.zip ({', '.join(l + '.txt' for l in LABELS[:3])}, ...) "
           f"in {os.path.join(manual_dir, ANNOTATION_DIRS[0])}.")
@@ -54,11 +55,11 @@ def read_layout(manual_dir: str) -> Tuple[List[str], np.ndarray]:
       lines = [(k, line.strip()) for k, line in enumerate(f, 1) if line.strip()]
     bad = [(k, line) for k, line in lines if not line.isdigit() or int(line) < 1]
     if bad:
-      raise ValueError(f"{path}: line {bad[0][0]} is {bad[0][1]!r}, not a 1-based image number")
+      raise errors.UserError(f"{path}: line {bad[0][0]} is {bad[0][1]!r}, not a 1-based image number")
     annotated.append(np.asarray([int(line) for _, line in lines], np.int64))
   n = max(numbers + [int(a.max()) for a in annotated if len(a)], default=0)
   if n == 0:
-    raise FileNotFoundError(f"ucsh_mirflickr: no im<number>.jpg files in {image_dir}")
+    raise errors.UserError(f"ucsh_mirflickr: no im<number>.jpg files in {image_dir}")
   labels = np.zeros((n, len(LABELS)), np.uint8)
   for j, numbers_j in enumerate(annotated):
     labels[numbers_j - 1, j] = 1
@@ -90,7 +91,7 @@ class UcshMirflickr(tfds_builder.ManualDirBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything comes from the manual directory.
     if not self.manual_path.exists():
-      raise FileNotFoundError(f"{self.name}: the manual directory {self.manual_path} does not "
+      raise errors.UserError(f"{self.name}: the manual directory {self.manual_path} does not "
                               f"exist. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     paths, labels = read_layout(os.fspath(self.manual_path))
     names = [f"{IMAGE_DIR}/{os.path.basename(path)}" for path in paths]

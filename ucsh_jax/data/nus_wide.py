@@ -19,6 +19,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ucsh_jax import errors
 from ucsh_jax.data import tfds_builder
 
 IMAGE_LIST = "ImageList/Imagelist.txt"
@@ -41,7 +42,7 @@ def resolve_paths(manual_dir: str, entries: Sequence[List[str]], listing: str) -
       for drop in range(len(parts)):
         if os.path.isfile(os.path.join(manual_dir, root, *parts[drop:])):
           return [os.path.join(manual_dir, root, *p[drop:]) for p in entries]
-  raise FileNotFoundError(
+  raise errors.UserError(
       f"ucsh_nus_wide: none of the {len(entries)} images listed in {listing} exists under "
       f"{manual_dir} (tried the folders {', '.join(repr(r) for r in _IMAGE_ROOTS)}); e.g. "
       f"{'/'.join(entries[0]) if entries else 'no entries'}. Put the NUS-WIDE images there.")
@@ -52,7 +53,7 @@ def _read_01(values: Sequence[str], where: str) -> np.ndarray:
   text = np.asarray(values)
   bad = np.flatnonzero((text != "0") & (text != "1"))
   if bad.size:
-    raise ValueError(f"{where}: value {bad[0] + 1} is {text[bad[0]]!r}; expected 0 or 1")
+    raise errors.UserError(f"{where}: value {bad[0] + 1} is {text[bad[0]]!r}; expected 0 or 1")
   return (text == "1").astype(np.uint8)
 
 
@@ -65,7 +66,7 @@ def read_official(manual_dir: str) -> Tuple[List[str], np.ndarray]:
   names = sorted(f for f in (os.listdir(label_dir) if os.path.isdir(label_dir) else [])
                  if f.startswith("Labels_") and f.endswith(".txt"))
   if not names:
-    raise FileNotFoundError(
+    raise errors.UserError(
         f"ucsh_nus_wide: no Labels_<concept>.txt files in {label_dir}; put the NUS-WIDE "
         "Groundtruth/AllLabels folder there.")
   columns = []
@@ -74,7 +75,7 @@ def read_official(manual_dir: str) -> Tuple[List[str], np.ndarray]:
     with open(path) as f:
       values = [line.strip() for line in f if line.strip()]
     if len(values) != len(entries):
-      raise ValueError(f"{path} has {len(values)} lines but {listing} lists {len(entries)} images")
+      raise errors.UserError(f"{path} has {len(values)} lines but {listing} lists {len(entries)} images")
     columns.append(_read_01(values, f"{path} (value k is line k)"))
   paths = resolve_paths(manual_dir, entries, listing)
   return paths, np.stack(columns, axis=1)
@@ -90,12 +91,12 @@ def read_list(manual_dir: str) -> Tuple[List[str], np.ndarray]:
         continue
       path, *values = line.split()
       if rows and len(values) != len(rows[0]):
-        raise ValueError(f"{listing}: line {number} has {len(values)} label values, line 1 has "
+        raise errors.UserError(f"{listing}: line {number} has {len(values)} label values, line 1 has "
                          f"{len(rows[0])}")
       entries.append(_path_parts(path))
       rows.append(_read_01(values, f"{listing} line {number} (value k is label k)"))
   if not rows or not len(rows[0]):
-    raise ValueError(f"{listing}: expected lines '<image path> <0/1 values>'")
+    raise errors.UserError(f"{listing}: expected lines '<image path> <0/1 values>'")
   paths = resolve_paths(manual_dir, entries, listing)
   return paths, np.stack(rows)
 
@@ -130,7 +131,7 @@ class UcshNusWide(tfds_builder.ManualDirBuilder):
     elif os.path.isfile(os.path.join(manual, LIST_FILE)):
       paths, labels = read_list(manual)
     else:
-      raise FileNotFoundError(
+      raise errors.UserError(
           f"{self.name}: neither {IMAGE_LIST} nor {LIST_FILE} is in the manual directory {manual}. "
           + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     names = [os.path.relpath(path, manual) for path in paths]

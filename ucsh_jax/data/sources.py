@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ucsh_jax import errors
 from ucsh_jax.data import cifar10
 from ucsh_jax.data import digits
 from ucsh_jax.data import features
@@ -60,7 +61,7 @@ class TfdsSource:
     self._parts = list(parts)
     self._starts = np.cumsum([0] + [len(p) for p in parts])
     if len(labels) != self._starts[-1]:
-      raise ValueError(f"{name}: {len(labels)} labels for {self._starts[-1]} records")
+      raise errors.UserError(f"{name}: {len(labels)} labels for {self._starts[-1]} records")
     self.labels = labels
 
   def __len__(self) -> int:
@@ -113,7 +114,7 @@ def top_concepts(labels_NxC: np.ndarray, k: int) -> np.ndarray:
   if k <= 0:
     return np.arange(labels_NxC.shape[1])
   if k > labels_NxC.shape[1]:
-    raise ValueError(f"top_concepts={k} but the labels have only {labels_NxC.shape[1]} concepts")
+    raise errors.UserError(f"top_concepts={k} but the labels have only {labels_NxC.shape[1]} concepts")
   return np.argsort(-labels_NxC.sum(0), kind="stable")[:k]
 
 
@@ -152,7 +153,7 @@ def get_source(data_config: ml_collections.ConfigDict) -> Source:
   if name == "features":
     return features.FeatureSource(data_config.path)
   if name not in _TFDS:
-    raise ValueError(f"unknown data.name {name!r}; expected one of {NAMES}")
+    raise errors.UserError(f"unknown data.name {name!r}; expected one of {NAMES}")
   builder, splits, key = prepare_tfds(data_config)
   parts = tfds.data_source(builder.name, split=list(splits), data_dir=builder.data_dir_root,
                            download=False, decoders={"image": tfds.decode.SkipDecoding()})

@@ -17,6 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from ucsh_jax import errors
+
 SPLIT_NAMES = ("query", "database", "train")
 
 
@@ -38,7 +40,7 @@ def _stratified(rng: np.random.Generator, candidates: np.ndarray, labels: np.nda
     members = candidates[labels[candidates] == c]
     k = per_class + (j < extra)
     if k > len(members):
-      raise ValueError(f"{what}: class {c} has {len(members)} images, fewer than the {k} needed "
+      raise errors.UserError(f"{what}: class {c} has {len(members)} images, fewer than the {k} needed "
                        f"for {total} spread over {len(classes)} classes")
     chosen.append(rng.permutation(members)[:k])
   return np.concatenate(chosen)
@@ -46,7 +48,7 @@ def _stratified(rng: np.random.Generator, candidates: np.ndarray, labels: np.nda
 
 def _draw(rng, candidates, labels, total, what) -> np.ndarray:
   if total > len(candidates):
-    raise ValueError(f"{what}: asked for {total} but only {len(candidates)} images are available")
+    raise errors.UserError(f"{what}: asked for {total} but only {len(candidates)} images are available")
   if labels.ndim == 1:
     return _stratified(rng, candidates, labels, total, what)
   return rng.permutation(candidates)[:total]
@@ -68,7 +70,7 @@ def protocol_splits(labels: np.ndarray, *, num_query: int, num_database: int, nu
     query = np.asarray(given["query_idx"], np.int64)
   else:
     if num_query <= 0:
-      raise ValueError(f"num_query must be positive, got {num_query}")
+      raise errors.UserError(f"num_query must be positive, got {num_query}")
     query = _draw(rng, eligible, labels, num_query, "query set")
   if "database_idx" in given:
     database = np.asarray(given["database_idx"], np.int64)
@@ -76,7 +78,7 @@ def protocol_splits(labels: np.ndarray, *, num_query: int, num_database: int, nu
     database = np.setdiff1d(eligible, query)
     if num_database != -1:
       if not 0 < num_database <= len(database):
-        raise ValueError(f"num_database={num_database} but {len(database)} images are left after "
+        raise errors.UserError(f"num_database={num_database} but {len(database)} images are left after "
                          "the query set (-1 takes them all)")
       database = rng.permutation(database)[:num_database]
   if "train_idx" in given:
@@ -93,18 +95,18 @@ def check_splits(splits: Splits, num_examples: int, where: str) -> Splits:
   disjoint and train is a subset of database."""
   for name, idx in zip(SPLIT_NAMES, splits):
     if idx.ndim != 1 or len(idx) == 0:
-      raise ValueError(f"{where}: {name} must be a non-empty 1-D index array, got shape "
+      raise errors.UserError(f"{where}: {name} must be a non-empty 1-D index array, got shape "
                        f"{idx.shape}")
     if idx.min() < 0 or idx.max() >= num_examples:
-      raise ValueError(f"{where}: {name} indices span [{idx.min()}, {idx.max()}] but the dataset "
+      raise errors.UserError(f"{where}: {name} indices span [{idx.min()}, {idx.max()}] but the dataset "
                        f"has {num_examples} examples")
     if len(np.unique(idx)) != len(idx):
-      raise ValueError(f"{where}: {name} has repeated indices")
+      raise errors.UserError(f"{where}: {name} has repeated indices")
   if np.intersect1d(splits.query, splits.database).size:
-    raise ValueError(f"{where}: query and database share "
+    raise errors.UserError(f"{where}: query and database share "
                      f"{np.intersect1d(splits.query, splits.database).size} indices")
   if np.setdiff1d(splits.train, splits.database).size:
-    raise ValueError(f"{where}: {np.setdiff1d(splits.train, splits.database).size} train indices "
+    raise errors.UserError(f"{where}: {np.setdiff1d(splits.train, splits.database).size} train indices "
                      "are not in the database")
   return splits
 
@@ -127,7 +129,7 @@ def _load(folder: str, num_examples: int) -> Splits:
     with open(info_path) as f:
       saved = json.load(f)["num_examples"]
     if saved != num_examples:
-      raise ValueError(f"the splits in {folder} were made for a dataset of {saved} examples but "
+      raise errors.UserError(f"the splits in {folder} were made for a dataset of {saved} examples but "
                        f"this one has {num_examples}; use a new workdir or delete {folder}")
   splits = Splits(*(np.load(os.path.join(folder, f"{n}.npy")).astype(np.int64)
                     for n in SPLIT_NAMES))

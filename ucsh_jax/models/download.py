@@ -6,6 +6,8 @@ import os
 import shutil
 import urllib.request
 
+from ucsh_jax import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
@@ -48,7 +50,7 @@ def download_pretrained(name: str, cache_dir: str, timeout_s: float = 10.0) -> s
   """
   key = _ALIASES.get(name, name)
   if key not in SOURCES:
-    raise ValueError(f"unknown pretrained weights {name!r}; choose one of "
+    raise errors.UserError(f"unknown pretrained weights {name!r}; choose one of "
                      f"{sorted(SOURCES) + sorted(_ALIASES)}")
   source = SOURCES[key]
   path = os.path.join(cache_dir, source.filename)
@@ -65,7 +67,7 @@ def download_pretrained(name: str, cache_dir: str, timeout_s: float = 10.0) -> s
   except OSError as e:  # URLError, timeouts and file errors are all OSErrors
     if os.path.exists(partial):
       os.remove(partial)
-    raise RuntimeError(f"could not download the {key} VGG16 weights ({e}). {help_text}") from e
+    raise errors.UserError(f"could not download the {key} VGG16 weights ({e}). {help_text}") from e
   if source.sha256_prefix:
     digest = hashlib.sha256()
     with open(partial, "rb") as f:
@@ -73,7 +75,7 @@ def download_pretrained(name: str, cache_dir: str, timeout_s: float = 10.0) -> s
         digest.update(chunk)
     if not digest.hexdigest().startswith(source.sha256_prefix):
       os.remove(partial)
-      raise RuntimeError(f"{source.url} gave a file whose sha256 {digest.hexdigest()} does not "
+      raise errors.UserError(f"{source.url} gave a file whose sha256 {digest.hexdigest()} does not "
                          f"start with {source.sha256_prefix}. {help_text}")
   os.replace(partial, path)
   return path

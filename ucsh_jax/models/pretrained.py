@@ -23,6 +23,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from ucsh_jax import errors
 from ucsh_jax import preprocessing
 from ucsh_jax.models import safe_pickle
 from ucsh_jax.models import vgg
@@ -134,7 +135,7 @@ def convert(raw: Mapping[str, np.ndarray], layout_name: str, path: str) -> Dict[
   missing = sorted(expected_keys - set(raw))
   unexpected = sorted(set(raw) - expected_keys)
   if missing or unexpected:
-    raise ValueError(f"{path}: not a {layout_name} VGG16 checkpoint: missing keys {missing}, "
+    raise errors.UserError(f"{path}: not a {layout_name} VGG16 checkpoint: missing keys {missing}, "
                      f"unexpected keys {unexpected}")
   width, pooled, num_classes = _infer_architecture(raw, layout)
   shapes = vgg.vgg16_param_shapes(width, pooled, num_classes)
@@ -147,7 +148,7 @@ def convert(raw: Mapping[str, np.ndarray], layout_name: str, path: str) -> Dict[
       elif not np.issubdtype(raw[key].dtype, np.floating):
         errors.append(f"{key}: expected floating point values, found {raw[key].dtype}")
   if errors:
-    raise ValueError(f"{path}: {layout_name} VGG16 weights (width {width:g}, pooled size "
+    raise errors.UserError(f"{path}: {layout_name} VGG16 weights (width {width:g}, pooled size "
                      f"{pooled}, {num_classes} classes) have wrong shapes: " + "; ".join(errors))
   params = {}
   for layer, (weight_key, bias_key, kind) in layout.items():
@@ -166,7 +167,7 @@ def _read_keras(path: str) -> Dict[str, np.ndarray]:
   raw = {}
   with h5py.File(path, "r") as f:
     if "layer_names" not in f.attrs:
-      raise ValueError(f"{path}: HDF5 file without a 'layer_names' attribute; not a Keras "
+      raise errors.UserError(f"{path}: HDF5 file without a 'layer_names' attribute; not a Keras "
                        "weights file")
     for layer in f.attrs["layer_names"]:
       layer = layer.decode() if isinstance(layer, bytes) else str(layer)
@@ -175,7 +176,7 @@ def _read_keras(path: str) -> Dict[str, np.ndarray]:
       if not names:
         continue
       if len(names) != 2:
-        raise ValueError(f"{path}: Keras layer '{layer}' has weights {names}, expected a kernel "
+        raise errors.UserError(f"{path}: Keras layer '{layer}' has weights {names}, expected a kernel "
                          "and a bias")
       for role, name in zip(("kernel", "bias"), names):
         raw[f"{layer}/{role}"] = np.asarray(f[layer][name])
@@ -190,7 +191,7 @@ def detect_format(path: str) -> str:
     ValueError: none of the formats (names the file).
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    raise errors.UserError(f"pretrained weights file not found: {path}")
   size = os.path.getsize(path)
   with open(path, "rb") as f:
     head = f.read(16)
@@ -205,7 +206,7 @@ def detect_format(path: str) -> str:
     return "torch_legacy"
   if len(head) > 8 and head[8:9] == b"{":
     return "safetensors"
-  raise ValueError(f"{path}: not a torch .pth (zip or legacy), safetensors or Keras HDF5 file "
+  raise errors.UserError(f"{path}: not a torch .pth (zip or legacy), safetensors or Keras HDF5 file "
                    f"(starts with {head[:8]!r})")
 
 
@@ -242,7 +243,7 @@ def load_pretrained(path: str) -> Tuple[Dict[str, Any], preprocessing.Preprocess
     raise
   except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile,
           pickle.UnpicklingError, safetensors.SafetensorError) as e:
-    raise ValueError(f"{path}: cannot read this {kind} file (truncated or corrupt?): {e}") from e
+    raise errors.UserError(f"{path}: cannot read this {kind} file (truncated or corrupt?): {e}") from e
   if kind == "hdf5":
     return convert(raw, "keras", path), preprocessing.CAFFE
   layout = "timm" if any(k.startswith("pre_logits.") for k in raw) else "torchvision"

@@ -23,6 +23,8 @@ from typing import Any, Dict, Optional, Tuple
 import ml_dtypes
 import numpy as np
 
+from ucsh_jax import errors
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 # torch.save pickles the magic number first, with pickle protocol 2.
@@ -112,7 +114,7 @@ def _read_zip(path: str) -> Any:
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
-      raise ValueError(f"{path}: a torch zip checkpoint holds one <dir>/data.pkl, found {pickles}")
+      raise errors.UserError(f"{path}: a torch zip checkpoint holds one <dir>/data.pkl, found {pickles}")
     prefix = pickles[0][:-len("data.pkl")]
     little_endian = True
     if prefix + "byteorder" in archive.namelist():
@@ -128,7 +130,7 @@ def _read_zip(path: str) -> Any:
         dtype = np.dtype(storage_type.dtype)
         raw = archive.read(f"{prefix}data/{key}")
         if len(raw) < numel * dtype.itemsize:
-          raise ValueError(f"{path}: storage {key} holds {len(raw)} bytes, "
+          raise errors.UserError(f"{path}: storage {key} holds {len(raw)} bytes, "
                            f"{numel} x {storage_type.name} needs {numel * dtype.itemsize}")
         data = np.frombuffer(raw, dtype, count=numel)
         storages[key] = _Storage(dtype, numel, data if little_endian else data.byteswap())
@@ -154,32 +156,32 @@ def _read_legacy(path: str) -> Any:
   with open(path, "rb") as f:
     header = [_RestrictedUnpickler(f, path).load() for _ in range(3)]
     if header[0] != _LEGACY_MAGIC or header[1] != _LEGACY_PROTOCOL:
-      raise ValueError(f"{path}: not a torch legacy checkpoint (magic {header[0]!r}, "
+      raise errors.UserError(f"{path}: not a torch legacy checkpoint (magic {header[0]!r}, "
                        f"protocol {header[1]!r})")
     result = _RestrictedUnpickler(f, path, load_storage).load()
     keys = _RestrictedUnpickler(f, path).load()
     little_endian = not isinstance(header[2], dict) or header[2].get("little_endian", True)
     for key in keys:
       if key not in storages:
-        raise ValueError(f"{path}: storage key {key!r} is not used by any tensor")
+        raise errors.UserError(f"{path}: storage key {key!r} is not used by any tensor")
       storage = storages[key]
       numel = int.from_bytes(_read_exactly(f, 8, path), "little" if little_endian else "big")
       if numel != storage.numel:
-        raise ValueError(f"{path}: storage {key} holds {numel} elements, its tensors "
+        raise errors.UserError(f"{path}: storage {key} holds {numel} elements, its tensors "
                          f"expect {storage.numel}")
       raw = _read_exactly(f, numel * np.dtype(storage.dtype).itemsize, path)
       data = np.frombuffer(raw, storage.dtype)
       storage.data = data if little_endian else data.byteswap()
     unread = [k for k, s in storages.items() if s.data is None]
     if unread:
-      raise ValueError(f"{path}: no data for storages {unread}")
+      raise errors.UserError(f"{path}: no data for storages {unread}")
   return result
 
 
 def _read_exactly(f: io.BufferedReader, n: int, path: str) -> bytes:
   data = f.read(n)
   if len(data) != n:
-    raise ValueError(f"{path}: truncated file (wanted {n} bytes, got {len(data)})")
+    raise errors.UserError(f"{path}: truncated file (wanted {n} bytes, got {len(data)})")
   return data
 
 
@@ -187,12 +189,12 @@ def _materialise(tensor: _TensorRef, name: str, path: str) -> np.ndarray:
   """Copies a tensor out of its storage, honouring offset and strides."""
   data = tensor.storage.data
   if len(tensor.size) != len(tensor.stride) or min(tensor.stride + tensor.size, default=0) < 0:
-    raise ValueError(f"{path}: tensor '{name}' has size {tensor.size} and stride {tensor.stride}")
+    raise errors.UserError(f"{path}: tensor '{name}' has size {tensor.size} and stride {tensor.stride}")
   if math.prod(tensor.size) == 0:
     return np.zeros(tensor.size, data.dtype)
   last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
   if tensor.offset < 0 or last >= data.size or math.prod(tensor.size) > data.size:
-    raise ValueError(f"{path}: tensor '{name}' (offset {tensor.offset}, size {tensor.size}, "
+    raise errors.UserError(f"{path}: tensor '{name}' (offset {tensor.offset}, size {tensor.size}, "
                      f"stride {tensor.stride}) reaches past its storage of {data.size} elements")
   strides = tuple(s * data.itemsize for s in tensor.stride)
   return np.lib.stride_tricks.as_strided(data[tensor.offset:], tensor.size, strides).copy()
@@ -214,10 +216,10 @@ def read_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
   else:
     result = _read_legacy(path)
   if not isinstance(result, dict):
-    raise ValueError(f"{path}: expected a state dict, the pickle holds a {type(result).__name__}")
+    raise errors.UserError(f"{path}: expected a state dict, the pickle holds a {type(result).__name__}")
   state_dict = {}
   for name, value in result.items():
     if not isinstance(value, _TensorRef):
-      raise ValueError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor")
+      raise errors.UserError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor")
     state_dict[name] = _materialise(value, name, path)
   return state_dict

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ucsh_jax import errors
 from ucsh_jax import ops
 from ucsh_jax.models import vgg
 
@@ -147,18 +148,18 @@ def with_pretrained_backbone(ucsh_params: Mapping[str, Any],
     ValueError: naming the missing or unexpected layers, or the parameter and both shapes.
   """
   if "backbone" not in ucsh_params:
-    raise ValueError("ucsh_params has no 'backbone' entry (keys: "
+    raise errors.UserError("ucsh_params has no 'backbone' entry (keys: "
                      f"{sorted(ucsh_params)}); pass the UCSH variables['params']")
   backbone = ucsh_params["backbone"]
   missing = sorted(set(backbone) - set(vgg_params))
   unexpected = sorted(set(vgg_params) - set(backbone) - {"fc8"})
   if missing or unexpected:
-    raise ValueError(f"pretrained VGG16 params do not match the UCSH backbone: missing layers "
+    raise errors.UserError(f"pretrained VGG16 params do not match the UCSH backbone: missing layers "
                      f"{missing}, unexpected layers {unexpected}")
   new_backbone, errors = {}, []
   for layer, layer_params in backbone.items():
     if set(layer_params) != set(vgg_params[layer]):
-      raise ValueError(f"pretrained layer '{layer}' has parameters {sorted(vgg_params[layer])}, "
+      raise errors.UserError(f"pretrained layer '{layer}' has parameters {sorted(vgg_params[layer])}, "
                        f"the UCSH backbone has {sorted(layer_params)}")
     new_backbone[layer] = {}
     for name, current in layer_params.items():
@@ -169,6 +170,6 @@ def with_pretrained_backbone(ucsh_params: Mapping[str, Any],
       else:
         new_backbone[layer][name] = jnp.asarray(pretrained, current.dtype)
   if errors:
-    raise ValueError("pretrained VGG16 params do not fit the UCSH backbone (another width or "
+    raise errors.UserError("pretrained VGG16 params do not fit the UCSH backbone (another width or "
                      "pooled size?): " + "; ".join(errors))
   return {**ucsh_params, "backbone": new_backbone}
