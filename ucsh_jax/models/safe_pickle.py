@@ -38,7 +38,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(errors.UserError, pickle.UnpicklingError):
   """A pickle asked for a global that a state dict does not need."""
 
 

@@ -1,6 +1,7 @@
 """Lloyd's k-means with k-means++ seeding, on one device or with rows sharded over a mesh."""
 
 import functools
+import math
 from typing import NamedTuple, Optional
 
 import jax
@@ -72,30 +73,56 @@ def _nearest(x_NxD, sq_x_N, centroids_CxD):
   return assign_N, dist_N
 
 
-def _kmeans_plus_plus(x_NxD, sq_x_N, key, num_clusters, rows):
-  """k-means++ seeding: each new centroid is a row drawn with probability ~ D(x)^2."""
+def _draw_rows(key, log_weight_N, num_draws, rows):
+  """Global indices of `num_draws` rows drawn with replacement, row i with prob ~ exp(log_w_i).
 
-  def draw(i, log_weight_N):
-    # Gumbel-max sampling with noise tied to the global row index, so the draw does not
-    # depend on how the rows are sharded.
-    noise = jax.random.gumbel(jax.random.fold_in(key, i), (rows.num_global,))
+  Gumbel-max sampling with noise tied to the global row index, so the draw does not depend on
+  how the rows are sharded. Returns (num_draws,) int32.
+  """
+  def one(draw_key):
+    noise = jax.random.gumbel(draw_key, (rows.num_global,))
     noise_N = lax.dynamic_slice_in_dim(noise, rows.offset, rows.num_local)
-    return rows.take(x_NxD, rows.argmax(log_weight_N + noise_N))
+    return rows.argmax(log_weight_N + noise_N)
 
-  first_D = draw(0, jnp.zeros_like(sq_x_N))
-  centroids = jnp.zeros((num_clusters, x_NxD.shape[1]), x_NxD.dtype).at[0].set(first_D)
+  return jax.vmap(one)(jax.random.split(key, num_draws))
+
+
+def _sq_dist_to(x_NxD, sq_x_N, c_LxD):
+  """(n, L) squared distances of every row to each of L points, clipped at 0."""
+  cross_NxL = jnp.matmul(x_NxD, c_LxD.T, precision=_HIGHEST)
+  return jnp.maximum(sq_x_N[:, None] - 2.0 * cross_NxL
+                     + jnp.sum(jnp.square(c_LxD), axis=-1)[None, :], 0.0)
+
+
+def num_seeding_candidates(num_clusters: int) -> int:
+  """Candidates per greedy k-means++ step: 2 + floor(ln N), scikit-learn's choice."""
+  return 2 + int(math.log(num_clusters))
+
+
+def _kmeans_plus_plus(x_NxD, sq_x_N, key, num_clusters, rows):
+  """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's variant).
+
+  The first centroid is a uniformly drawn row. Each further one is the best of
+  L = 2 + floor(ln N) candidate rows drawn with probability ~ D(x)^2 (the squared distance to
+  the nearest centroid so far): the candidate that leaves the smallest total D(x)^2.
+  """
+  num_candidates = num_seeding_candidates(num_clusters)
+  first_key, key = jax.random.split(key)
+  first = _draw_rows(first_key, jnp.zeros_like(sq_x_N), 1, rows)
+  first_1xD = rows.take(x_NxD, first)
+  centroids = jnp.zeros((num_clusters, x_NxD.shape[1]), x_NxD.dtype).at[0].set(first_1xD[0])
+  dist_N = _sq_dist_to(x_NxD, sq_x_N, first_1xD)[:, 0]
 
   def body(i, state):
     centroids, dist_N = state
-    c_D = centroids[i - 1]
-    cross_N = jnp.matmul(x_NxD, c_D, precision=_HIGHEST)
-    new_N = jnp.maximum(sq_x_N - 2.0 * cross_N + jnp.sum(jnp.square(c_D)), 0.0)
-    dist_N = jnp.minimum(dist_N, new_N)
     log_weight_N = jnp.where(dist_N > 0, jnp.log(dist_N), -jnp.inf)
-    return centroids.at[i].set(draw(i, log_weight_N)), dist_N
+    idx_L = _draw_rows(jax.random.fold_in(key, i), log_weight_N, num_candidates, rows)
+    cand_LxD = rows.take(x_NxD, idx_L)
+    new_NxL = jnp.minimum(dist_N[:, None], _sq_dist_to(x_NxD, sq_x_N, cand_LxD))
+    best = jnp.argmin(rows.sum(jnp.sum(new_NxL, axis=0)))
+    return centroids.at[i].set(cand_LxD[best]), new_NxL[:, best]
 
-  centroids, _ = lax.fori_loop(1, num_clusters, body,
-                               (centroids, jnp.full_like(sq_x_N, jnp.inf)))
+  centroids, _ = lax.fori_loop(1, num_clusters, body, (centroids, dist_N))
   return centroids
 
 
