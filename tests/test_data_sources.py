@@ -11,6 +11,7 @@ import PIL.Image
 import pytest
 from sklearn import datasets
 
+from ucsh_jax import errors
 from ucsh_jax import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +88,7 @@ def test_feature_file_errors_name_the_problem(tmp_path):
   with pytest.raises(ValueError, match=r"\(5, 3\) and 'labels' \(4,\)"):
     data.get_source(data_config(name="features", path=str(tmp_path / "short.npz")))
   np.savez(tmp_path / "nolabels.npz", features=np.zeros((5, 3)))
-  with pytest.raises(KeyError, match="'labels'"):
+  with pytest.raises(errors.UserError, match="'labels'"):
     data.get_source(data_config(name="features", path=str(tmp_path / "nolabels.npz")))
   with pytest.raises(ValueError, match="unknown data.name 'mnist'"):
     data.get_source(data_config(name="mnist"))

@@ -18,6 +18,7 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
+from ucsh_jax import errors
 from ucsh_jax import data
 from ucsh_jax.data import cifar10
 from ucsh_jax.data import mirflickr
@@ -106,7 +107,7 @@ def test_cifar_downloads_when_online(tmp_path):
 def test_cifar_offline_fails_fast_and_names_the_manual_file(tmp_path, monkeypatch):
   monkeypatch.setattr(cifar10, "URL", f"http://127.0.0.1:9/{cifar10.ARCHIVE}")  # Nothing listens.
   start = time.monotonic()
-  with pytest.raises(FileNotFoundError) as error:
+  with pytest.raises(errors.UserError) as error:
     data.get_source(data_config(data_dir=str(tmp_path / "tfds")))
   assert time.monotonic() - start < 30
   default_manual = str(tmp_path / "tfds" / "downloads" / "manual")
@@ -179,7 +180,7 @@ def test_mirflickr_matches_pil_and_annotations(tmp_path):
 def test_mirflickr_missing_annotation_file_says_which_and_where(tmp_path):
   make_mirflickr(tmp_path / "manual")
   os.remove(tmp_path / "manual" / "annotations" / "sky.txt")
-  with pytest.raises(FileNotFoundError, match="sky.txt") as error:
+  with pytest.raises(errors.UserError, match="sky.txt") as error:
     data.get_source(data_config(name="mirflickr", manual_dir=str(tmp_path / "manual"),
                                 data_dir=str(tmp_path / "tfds")))
   assert str(tmp_path / "manual" / "annotations") in str(error.value)
@@ -260,7 +261,7 @@ def test_nus_wide_label_length_mismatches_are_errors(tmp_path):
 
 def test_nus_wide_missing_files_are_named(tmp_path):
   os.makedirs(tmp_path / "manual")
-  with pytest.raises(FileNotFoundError, match="ImageList/Imagelist.txt") as error:
+  with pytest.raises(errors.UserError, match="ImageList/Imagelist.txt") as error:
     data.get_source(data_config(name="nus_wide", manual_dir=str(tmp_path / "manual"),
                                 data_dir=str(tmp_path / "tfds")))
   assert str(tmp_path / "manual") in str(error.value)

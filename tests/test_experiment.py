@@ -4,6 +4,7 @@ import pytest
 
 from configs import cifar
 from configs import digits
+from ucsh_jax import errors
 from ucsh_jax import experiment
 from ucsh_jax import models
 
@@ -63,7 +64,7 @@ def test_pretrained_names_go_through_the_download_cache(monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)  # No file called "timm" here.
   config = cifar.get_config()
   config.model.pretrained = "timm"
-  with pytest.raises(RuntimeError, match="put the file at"):
+  with pytest.raises(errors.UserError, match="put the file at"):
     experiment.preprocessing_for(config)
   assert asked == [("timm", experiment.WEIGHTS_CACHE)]
   config.model.pretrained = str(tmp_path / "missing.pth")

@@ -21,6 +21,7 @@ import pytest
 import safetensors.numpy
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ucsh_jax import errors
 from ucsh_jax import models
 from ucsh_jax import preprocessing
 
@@ -403,5 +404,5 @@ def test_unknown_and_missing_files(tmp_path):
   path.write_bytes(np.random.default_rng(0).bytes(1000))
   with pytest.raises(ValueError, match=r"noise\.pth: not a torch \.pth"):
     models.load_pretrained(path)
-  with pytest.raises(FileNotFoundError, match=r"absent\.pth"):
+  with pytest.raises(errors.UserError, match=r"absent\.pth"):
     models.load_pretrained(tmp_path / "absent.pth")

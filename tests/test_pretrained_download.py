@@ -7,6 +7,7 @@ import urllib.request
 
 import pytest
 
+from ucsh_jax import errors
 from ucsh_jax import models
 from ucsh_jax.models import download
 
@@ -28,7 +29,7 @@ def test_cached_file_is_returned_without_network(tmp_path, monkeypatch):
 
 def test_offline_download_fails_fast_saying_what_to_put_where(tmp_path, monkeypatch):
   monkeypatch.setattr(urllib.request, "urlopen", _no_network)
-  with pytest.raises(RuntimeError) as error:
+  with pytest.raises(errors.UserError) as error:
     models.download_pretrained("keras", str(tmp_path / "cache"))
   message = str(error.value)
   assert download.SOURCES["keras"].url in message
@@ -54,6 +55,6 @@ def test_download_writes_the_file_and_checks_torchvision_hash(tmp_path, monkeypa
   assert requested == [(download.SOURCES["timm"].url, 3.0)]
 
   assert not hashlib.sha256(content).hexdigest().startswith("397923af")
-  with pytest.raises(RuntimeError, match="does not start with 397923af"):
+  with pytest.raises(errors.UserError, match="does not start with 397923af"):
     models.download_pretrained("torchvision", str(tmp_path))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["vgg16.tv_in1k"]
