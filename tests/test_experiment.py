@@ -58,7 +58,7 @@ def test_pretrained_names_go_through_the_download_cache(monkeypatch, tmp_path):
 
   def fake_download(name, cache_dir):
     asked.append((name, cache_dir))
-    raise RuntimeError(f"put the file at {cache_dir}")
+    raise errors.UserError(f"put the file at {cache_dir}")
 
   monkeypatch.setattr(models, "download_pretrained", fake_download)
   monkeypatch.chdir(tmp_path)  # No file called "timm" here.

@@ -139,17 +139,17 @@ def convert(raw: Mapping[str, np.ndarray], layout_name: str, path: str) -> Dict[
                      f"unexpected keys {unexpected}")
   width, pooled, num_classes = _infer_architecture(raw, layout)
   shapes = vgg.vgg16_param_shapes(width, pooled, num_classes)
-  errors = []
+  problems = []
   for layer, (weight_key, bias_key, kind) in layout.items():
     for key, want in ((weight_key, _stored_shape(kind, shapes[layer]["kernel"], pooled)),
                       (bias_key, shapes[layer]["bias"])):
       if tuple(raw[key].shape) != tuple(want):
-        errors.append(f"{key}: expected shape {tuple(want)}, found {tuple(raw[key].shape)}")
+        problems.append(f"{key}: expected shape {tuple(want)}, found {tuple(raw[key].shape)}")
       elif not np.issubdtype(raw[key].dtype, np.floating):
-        errors.append(f"{key}: expected floating point values, found {raw[key].dtype}")
-  if errors:
+        problems.append(f"{key}: expected floating point values, found {raw[key].dtype}")
+  if problems:
     raise errors.UserError(f"{path}: {layout_name} VGG16 weights (width {width:g}, pooled size "
-                     f"{pooled}, {num_classes} classes) have wrong shapes: " + "; ".join(errors))
+                     f"{pooled}, {num_classes} classes) have wrong shapes: " + "; ".join(problems))
   params = {}
   for layer, (weight_key, bias_key, kind) in layout.items():
     kernel = _to_flax(kind, np.asarray(raw[weight_key], np.float32), pooled)

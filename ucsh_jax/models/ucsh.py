@@ -156,7 +156,7 @@ def with_pretrained_backbone(ucsh_params: Mapping[str, Any],
   if missing or unexpected:
     raise errors.UserError(f"pretrained VGG16 params do not match the UCSH backbone: missing layers "
                      f"{missing}, unexpected layers {unexpected}")
-  new_backbone, errors = {}, []
+  new_backbone, problems = {}, []
   for layer, layer_params in backbone.items():
     if set(layer_params) != set(vgg_params[layer]):
       raise errors.UserError(f"pretrained layer '{layer}' has parameters {sorted(vgg_params[layer])}, "
@@ -165,11 +165,11 @@ def with_pretrained_backbone(ucsh_params: Mapping[str, Any],
     for name, current in layer_params.items():
       pretrained = vgg_params[layer][name]
       if tuple(pretrained.shape) != tuple(current.shape):
-        errors.append(f"backbone/{layer}/{name}: pretrained shape {tuple(pretrained.shape)}, "
+        problems.append(f"backbone/{layer}/{name}: pretrained shape {tuple(pretrained.shape)}, "
                       f"model shape {tuple(current.shape)}")
       else:
         new_backbone[layer][name] = jnp.asarray(pretrained, current.dtype)
-  if errors:
+  if problems:
     raise errors.UserError("pretrained VGG16 params do not fit the UCSH backbone (another width or "
-                     "pooled size?): " + "; ".join(errors))
+                     "pooled size?): " + "; ".join(problems))
   return {**ucsh_params, "backbone": new_backbone}

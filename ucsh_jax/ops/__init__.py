@@ -5,6 +5,7 @@ from ucsh_jax.ops._hadamard import hash_centers
 from ucsh_jax.ops._kmeans import kmeans
 from ucsh_jax.ops._kmeans import kmeans_sharded
 from ucsh_jax.ops._kmeans import KMeansResult
+from ucsh_jax.ops._kmeans import num_seeding_candidates
 from ucsh_jax.ops._losses import clustering_loss
 from ucsh_jax.ops._losses import separating_loss
 from ucsh_jax.ops._losses import similarity_loss
@@ -22,6 +23,7 @@ __all__ = (
     "hash_centers",
     "kmeans",
     "kmeans_sharded",
+    "num_seeding_candidates",
     "pairwise_similarity",
     "separating_loss",
     "sign_ste",

@@ -1,4 +1,4 @@
-"""Lloyd's k-means with k-means++ seeding, on one device or with rows sharded over a mesh."""
+"""Lloyd's k-means (Euclidean or spherical), greedy k-means++ restarts, on one or many devices."""
 
 import functools
 import math
@@ -147,14 +147,17 @@ def _update(x_NxD, assign_N, dist_N, num_clusters, rows):
   return jnp.where(empty_C[:, None], seeds_CxD, means_CxD)
 
 
-@functools.partial(jax.jit, static_argnames=("num_clusters", "num_iters", "axis_name"))
-def _kmeans(x_NxD, key, init_centroids, *, num_clusters, num_iters, axis_name):
-  rows = _Rows(x_NxD.shape[0], axis_name)
-  sq_x_N = jnp.sum(jnp.square(x_NxD), axis=-1)
-  if init_centroids is None:
-    centroids = _kmeans_plus_plus(x_NxD, sq_x_N, key, num_clusters, rows)
-  else:
-    centroids = init_centroids.astype(x_NxD.dtype)
+METRICS = ("euclidean", "cosine")
+
+
+def _normalise_rows(x_NxD):
+  """Rows scaled to unit L2 norm (a zero row stays zero)."""
+  sq_N = jnp.sum(jnp.square(x_NxD), axis=-1, keepdims=True)
+  return x_NxD * lax.rsqrt(jnp.maximum(sq_N, 1e-16))
+
+
+def _lloyd(x_NxD, sq_x_N, centroids, *, num_clusters, num_iters, spherical, rows):
+  """At most `num_iters` Lloyd updates from `centroids`; the final KMeansResult."""
 
   def cond(state):
     i, _, _, changed = state
@@ -166,13 +169,37 @@ def _kmeans(x_NxD, key, init_centroids, *, num_clusters, num_iters, axis_name):
     # Unchanged assignments give unchanged centroids: the remaining iterations are no-ops.
     changed = rows.sum(jnp.sum(assign_N != prev_N)) > 0
     centroids = _update(x_NxD, assign_N, dist_N, num_clusters, rows)
+    if spherical:
+      centroids = _normalise_rows(centroids)
     return i + 1, centroids, assign_N, changed
 
   prev_N = jnp.full_like(sq_x_N, -1, jnp.int32)
   _, centroids, _, _ = lax.while_loop(cond, body, (0, centroids, prev_N, jnp.bool_(True)))
-  assign_N, _ = _nearest(x_NxD, sq_x_N, centroids)
-  inertia = rows.sum(jnp.sum(jnp.square(x_NxD - centroids[assign_N])))
-  return KMeansResult(centroids, assign_N, inertia)
+  assign_N, dist_N = _nearest(x_NxD, sq_x_N, centroids)
+  return KMeansResult(centroids, assign_N, rows.sum(jnp.sum(dist_N)))
+
+
+@functools.partial(jax.jit, static_argnames=("num_clusters", "num_iters", "num_inits", "metric",
+                                             "axis_name"))
+def _kmeans(x_NxD, key, init_centroids, *, num_clusters, num_iters, num_inits, metric,
+            axis_name):
+  rows = _Rows(x_NxD.shape[0], axis_name)
+  spherical = metric == "cosine"
+  if spherical:
+    x_NxD = _normalise_rows(x_NxD)
+  sq_x_N = jnp.sum(jnp.square(x_NxD), axis=-1)
+  lloyd = functools.partial(_lloyd, x_NxD, sq_x_N, num_clusters=num_clusters,
+                            num_iters=num_iters, spherical=spherical, rows=rows)
+  if init_centroids is not None:
+    init = init_centroids.astype(x_NxD.dtype)
+    return lloyd(_normalise_rows(init) if spherical else init)
+
+  def from_seeding(init_key):
+    return lloyd(_kmeans_plus_plus(x_NxD, sq_x_N, init_key, num_clusters, rows))
+
+  runs = jax.vmap(from_seeding)(jax.random.split(key, num_inits))
+  best = jnp.argmin(runs.inertia)  # Replicated: the inertia is a global sum.
+  return jax.tree.map(lambda v: v[best], runs)
 
 
 def kmeans(x: jax.Array,
@@ -180,9 +207,11 @@ def kmeans(x: jax.Array,
            *,
            key: jax.Array,
            num_iters: int = 20,
+           num_inits: int = 1,
            init_centroids: Optional[jax.Array] = None,
+           metric: str = "euclidean",
            axis_name: Optional[str] = None) -> KMeansResult:
-  """Lloyd's k-means on squared Euclidean distance, jitted.
+  """Lloyd's k-means from greedy k-means++ seeds (best of `num_inits`) or a warm start, jitted.
 
   Distances are ||x||^2 - 2 x c^T + ||c||^2 (one matmul per iteration). Each of at most
   `num_iters` iterations assigns every row to its nearest centroid and moves each
@@ -192,13 +221,24 @@ def kmeans(x: jax.Array,
   change (the later iterations would change nothing). The final assignments and inertia
   are those of the returned centroids.
 
+  Without `init_centroids`, `num_inits` independent runs (vmapped, computed together) each
+  start from greedy k-means++ seeds (`num_seeding_candidates(N)` candidates per centroid, the
+  one that lowers the potential most is kept) and the run with the lowest inertia is returned,
+  like scikit-learn's `KMeans(n_init=num_inits)`.
+
+  With metric "cosine" (spherical k-means) the rows are first scaled to unit norm and the
+  centroids are renormalised after every update: rows go to the centroid of largest cosine, and
+  the inertia is that of the unit rows, sum_i ||x_i/|x_i| - c||^2 = sum_i 2 (1 - cos(x_i, c)).
+
   Args:
     x: (n, d) float rows; n >= num_clusters. With `axis_name`, this device's rows.
     num_clusters: N, the number of clusters.
     key: PRNG key for the k-means++ seeding (unused when warm-started).
     num_iters: the maximum number of Lloyd updates.
+    num_inits: seeded runs to keep the best of (ignored when warm-started).
     init_centroids: optional (N, d) warm start (e.g. the previous epoch's centroids, so
       that cluster j keeps its identity); k-means++ seeding otherwise.
+    metric: "euclidean" (squared Euclidean distance) or "cosine" (spherical k-means).
     axis_name: when given, the call runs inside `jax.shard_map` with the rows of x
       split evenly over this mesh axis; every reduction (sums, counts, inertia,
       k-means++ sampling, re-seeding) is global, so the result matches one device up to
@@ -213,6 +253,10 @@ def kmeans(x: jax.Array,
     raise ValueError(f"x must be 2-D (n, d), got shape {x.shape}")
   if num_clusters < 1:
     raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+  if num_inits < 1:
+    raise ValueError(f"num_inits must be >= 1, got {num_inits}")
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
   num_rows = x.shape[0] * (1 if axis_name is None else lax.axis_size(axis_name))
   if num_rows < num_clusters:
     raise ValueError(f"x has {num_rows} rows, fewer than num_clusters = {num_clusters}")
@@ -223,17 +267,18 @@ def kmeans(x: jax.Array,
           f"init_centroids must be (num_clusters, d) = {(num_clusters, x.shape[1])}, "
           f"got shape {init_centroids.shape}")
   return _kmeans(x, key, init_centroids, num_clusters=num_clusters, num_iters=num_iters,
-                 axis_name=axis_name)
+                 num_inits=num_inits, metric=metric, axis_name=axis_name)
 
 
 @functools.lru_cache(maxsize=32)
-def _sharded_fn(mesh, axis_name, num_clusters, num_iters, warm):
+def _sharded_fn(mesh, axis_name, num_clusters, num_iters, num_inits, metric, warm):
   """jit(shard_map(kmeans)) for one configuration, built once and reused."""
   P = jax.sharding.PartitionSpec
 
   def per_device(x, key, *init):
-    return kmeans(x, num_clusters, key=key, num_iters=num_iters,
-                  init_centroids=init[0] if warm else None, axis_name=axis_name)
+    return kmeans(x, num_clusters, key=key, num_iters=num_iters, num_inits=num_inits,
+                  init_centroids=init[0] if warm else None, metric=metric,
+                  axis_name=axis_name)
 
   in_specs = (P(axis_name), P()) + ((P(),) if warm else ())
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=in_specs,
@@ -247,7 +292,9 @@ def kmeans_sharded(x: jax.Array,
                    mesh: jax.sharding.Mesh,
                    axis_name: str = "data",
                    num_iters: int = 20,
-                   init_centroids: Optional[jax.Array] = None) -> KMeansResult:
+                   num_inits: int = 1,
+                   init_centroids: Optional[jax.Array] = None,
+                   metric: str = "euclidean") -> KMeansResult:
   """`kmeans` with the rows of x sharded over `mesh` axis `axis_name` (via shard_map).
 
   Args:
@@ -264,7 +311,8 @@ def kmeans_sharded(x: jax.Array,
         f"x must be 2-D with rows divisible by the {num_shards} devices of mesh axis "
         f"{axis_name!r}, got shape {x.shape}")
   x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name)))
-  fn = _sharded_fn(mesh, axis_name, num_clusters, num_iters, init_centroids is not None)
+  fn = _sharded_fn(mesh, axis_name, num_clusters, num_iters, num_inits, metric,
+                   init_centroids is not None)
   if init_centroids is None:
     return fn(x, key)
   return fn(x, key, jnp.asarray(init_centroids))
