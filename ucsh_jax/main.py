@@ -1,20 +1,23 @@
 """Main entry point: `python -m ucsh_jax.main --config=configs/digits.py --workdir=DIR`.
 
 This file is intentionally short: the logic lives in `train.py` and `evaluate.py`, which can be
-tested on their own. With several processes (a SLURM job, a TPU pod, `launch/local.sh`) every
-process runs this same command; `jax.distributed` connects them.
+tested on their own. Every path is made absolute here, before any library sees it; the workdir
+is locked for the run (process 0 holds the lock) and keeps the run's record (`run.json`), which a
+later run on it must agree with. With several processes (a SLURM job, a TPU pod,
+`launch/local.sh`) every process runs this same command; `jax.distributed` connects them.
 """
 
-import logging as std_logging
-
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from ucsh_jax import cli
 from ucsh_jax import distributed
+from ucsh_jax import errors
+from ucsh_jax import run_record
 from ucsh_jax import train
+from ucsh_jax import workdir_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, splits, logs and results.")
@@ -30,28 +33,28 @@ flags.DEFINE_integer("process_id", None, "This process's id in a multi-process r
 flags.mark_flags_as_required(["workdir"])
 
 
-def _quiet_library_info(record) -> bool:
-  """Keeps Orbax's and grain's per-save INFO chatter out of the progress log (warnings stay)."""
-  noisy = any(f"/{package}/" in record.pathname for package in ("orbax", "grain"))
-  return record.levelno > std_logging.INFO if noisy else True
-
-
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = cli.resolve_config(FLAGS.config)
+  workdir = cli.absolute_path(FLAGS.workdir)
+  config_file = cli.absolute_path(config_flags.get_config_filename(FLAGS["config"]))
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
-  logging.get_absl_handler().addFilter(_quiet_library_info)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
-  logging.info("JAX process %d of %d; %d local and %d global devices (%s).",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count(), jax.devices()[0].platform)
-  if FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  else:
-    train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, write_codes=FLAGS.mode == "encode")
+  logging.info("%s on %d %s device(s) (%d process(es)); config %s; workdir %s.",
+               FLAGS.mode, jax.device_count(), jax.devices()[0].platform, jax.process_count(),
+               config_file, workdir)
+  with workdir_lock.lock_for_run(workdir, f"ucsh_jax.main --mode={FLAGS.mode}"):
+    if FLAGS.mode == "train":
+      if jax.process_index() == 0:
+        run_record.check_or_write(config, workdir, config_file)
+      train.train_and_evaluate(config, workdir)
+    else:
+      run_record.check(config, workdir)
+      train.evaluate_checkpoint(config, workdir, write_codes=FLAGS.mode == "encode")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

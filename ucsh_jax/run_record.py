@@ -1,0 +1,154 @@
+"""The run's record of itself: `WORKDIR/run.json` holds the resolved config it was started with.
+
+  {"format": 1, "config": {...}, "config_file": "/abs/configs/digits.py",
+   "weights": {"pretrained": "...", "file": "/abs/vgg16.pth" or null, "format": "torch_zip"},
+   "preprocessing": {"mean": [...], "std": [...], "channel_order": "RGB", "pixel_range": 1.0}
+                    or null (feature files), "created": "2026-12-01T21:30:00Z"}
+
+Written when a run starts in an empty workdir. A later run on the same workdir must agree with it
+on every field that shapes the model, the optimiser or the splits (`check`); only the fields in
+MAY_CHANGE may differ. The tools that read a run (search, serve, report) rebuild it from
+`load_config`.
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import ml_collections
+
+from ucsh_jax import errors
+from ucsh_jax import experiment
+from ucsh_jax import preprocessing as preprocessing_lib
+from ucsh_jax.models import download
+from ucsh_jax.models import pretrained as pretrained_lib
+
+RECORD_FILE = "run.json"
+FORMAT = 1
+# Fields (or groups, by prefix) that a resumed run may change: they alter neither the model,
+# the optimiser state nor the splits.
+MAY_CHANGE = ("num_epochs", "eval.", "log_every_steps", "checkpoint_every_steps",
+              "checkpoints_to_keep", "data.num_workers", "data.manual_dir", "data.data_dir",
+              "data.skip_corrupt", "model.dtype")
+
+
+def record_path(workdir: str) -> str:
+  return os.path.join(workdir, RECORD_FILE)
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _may_change(field: str) -> bool:
+  return any(field == f or (f.endswith(".") and field.startswith(f)) for f in MAY_CHANGE)
+
+
+def differing_fields(recorded: Dict[str, Any], config: Dict[str, Any]) -> List[str]:
+  """'field: recorded -> given' for each field outside MAY_CHANGE whose value differs."""
+  old, new = _flatten(recorded), _flatten(config)
+  missing = object()
+  changes = []
+  for field in sorted(set(old) | set(new)):
+    before, after = old.get(field, missing), new.get(field, missing)
+    if before != after and not _may_change(field):
+      show = lambda v: "(absent)" if v is missing else repr(v)
+      changes.append(f"{field}: {show(before)} -> {show(after)}")
+  return changes
+
+
+def _weights(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """Which weights file the run starts from, and its format (None without one)."""
+  name = config.model.pretrained
+  if not experiment.uses_backbone(config) or not name:
+    return {"pretrained": name, "file": None, "format": None}
+  path = name
+  if not os.path.exists(path) and name in experiment.PRETRAINED_NAMES:
+    path = os.path.join(experiment.WEIGHTS_CACHE, download.SOURCES[name].filename)
+  kind = pretrained_lib.detect_format(path) if os.path.exists(path) else None
+  return {"pretrained": name, "file": path, "format": kind}
+
+
+def _preprocessing(config: ml_collections.ConfigDict,
+                   weights: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+  """The pixel normalisation the run's network sees (the one `load_pretrained` picks)."""
+  if config.data.name == "features":
+    return None
+  if not experiment.uses_backbone(config):
+    chosen = preprocessing_lib.UNIT
+  elif weights["format"] == "hdf5":
+    chosen = preprocessing_lib.CAFFE
+  else:
+    chosen = preprocessing_lib.IMAGENET
+  return dataclasses.asdict(chosen)
+
+
+def describe(config: ml_collections.ConfigDict, config_file: Optional[str]) -> Dict[str, Any]:
+  """The record of a run started with `config` (already resolved: absolute paths)."""
+  weights = _weights(config)
+  return {"format": FORMAT, "config": config.to_dict(), "config_file": config_file,
+          "weights": weights, "preprocessing": _preprocessing(config, weights),
+          "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def read(workdir: str) -> Optional[Dict[str, Any]]:
+  """The workdir's record, or None if it has none; a damaged record is a UserError."""
+  path = record_path(workdir)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.UserError(f"cannot read the run record {path}: {e}") from e
+  if not isinstance(record, dict) or record.get("format") != FORMAT or "config" not in record:
+    raise errors.UserError(f"{path} is not a run record of format {FORMAT}")
+  return record
+
+
+def check(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a config that disagrees with the workdir's record (if it has one)."""
+  record = read(workdir)
+  if record is None:
+    return
+  changes = differing_fields(record["config"], config.to_dict())
+  if changes:
+    raise errors.UserError(
+        f"the workdir {workdir} holds a run with another config; differing fields: "
+        + "; ".join(changes),
+        hint="use a new --workdir, or give the recorded values (see "
+             f"{record_path(workdir)})")
+
+
+def check_or_write(config: ml_collections.ConfigDict, workdir: str,
+                   config_file: Optional[str]) -> None:
+  """`check`, then writes the record if the workdir has none yet (atomically)."""
+  check(config, workdir)
+  if read(workdir) is not None:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = record_path(workdir)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(describe(config, config_file), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config the run in `workdir` recorded (a UserError if there is no run)."""
+  if not os.path.isdir(workdir):
+    raise errors.UserError(f"workdir {workdir} does not exist")
+  record = read(workdir)
+  if record is None:
+    raise errors.UserError(f"{workdir} holds no run record ({RECORD_FILE})",
+                           hint="train first: python -m ucsh_jax.main --config=... "
+                                f"--workdir={workdir}")
+  return ml_collections.ConfigDict(record["config"])
