@@ -1,6 +1,6 @@
 """Data-parallel eval-mode forward passes: fc7 features for clustering, codes for retrieval."""
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -9,6 +9,10 @@ import numpy as np
 
 from ucsh_jax import data
 from ucsh_jax import parallel
+from ucsh_jax import progress
+
+# What the progress line of `outputs_for` calls its work, by output.
+_DESCRIPTIONS = {"features": "feature extraction", "codes": "encoding"}
 
 
 def make_forward(model: nn.Module, mesh: jax.sharding.Mesh) -> Callable[..., Dict[str, jax.Array]]:
@@ -29,11 +33,12 @@ def make_forward(model: nn.Module, mesh: jax.sharding.Mesh) -> Callable[..., Dic
 
 def outputs_for(forward: Callable[..., Dict[str, jax.Array]], params, source,
                 indices: np.ndarray, key: str, *, mesh: jax.sharding.Mesh, batch_size: int,
-                image_size: int, preprocessing) -> np.ndarray:
+                image_size: int, preprocessing, description: Optional[str] = None) -> np.ndarray:
   """`forward`'s output `key` ("features" or "codes") for the examples `indices` of `source`.
 
   Runs over ordered, padded eval batches (`batch_size` is global; each host reads its own
-  slice) and copies only the requested output back from the devices.
+  slice) and copies only the requested output back from the devices. Process 0 logs a progress
+  line (examples/s, ETA) named `description` (default: "feature extraction" or "encoding").
 
   Returns:
     (len(indices), ...) numpy array, in the order of `indices`, complete on every host.
@@ -42,6 +47,8 @@ def outputs_for(forward: Callable[..., Dict[str, jax.Array]], params, source,
                               image_size=image_size, preprocessing=preprocessing)
   result = None
   seen = np.zeros((len(indices),), bool)
+  line = progress.Progress(description or _DESCRIPTIONS.get(key, key), len(indices),
+                           unit="examples")
   for batch in batches:
     inputs = batch["image"] if "image" in batch else batch["features"]
     glob = parallel.global_batch(
@@ -52,6 +59,8 @@ def outputs_for(forward: Callable[..., Dict[str, jax.Array]], params, source,
       result = np.zeros((len(indices),) + out.shape[1:], out.dtype)
     result[index[mask]] = out[mask]
     seen[index[mask]] = True
+    line.update(int(mask.sum()))
+  line.done()
   if not seen.all():
     raise RuntimeError(f"evaluation saw {seen.sum()} of {len(indices)} examples")
   return result

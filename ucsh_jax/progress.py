@@ -1,12 +1,13 @@
 """Progress lines (steps/s, images/s, ETA) and TensorBoard scalars, from process 0 only.
 
-Train metrics are averaged over each logging interval with clu's metric Collection (the sums
+`Reporter` follows training; `Progress` (and `iterate`) follows any other long loop over items:
+feature extraction, encoding, dataset preparation. Train metrics are averaged over each logging interval with clu's metric Collection (the sums
 stay on the device; nothing is read back between logging steps). TensorBoard event files are
 written with tensorboardX, which, unlike clu's writers, needs no TensorFlow.
 """
 
 import time
-from typing import Dict, Mapping, Optional
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, TypeVar
 
 from absl import logging
 from clu import metrics as clu_metrics
@@ -70,6 +71,58 @@ class Reporter:
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+
+
+class Progress:
+  """Logs `what: done/total unit (pct)  rate unit/s  ETA h:mm:ss` every `every_s` seconds.
+
+  Call `update(n)` after each n items and `done()` at the end, which logs the total time and
+  the average rate. `clock` returns seconds (default `time.monotonic`).
+  """
+
+  def __init__(self, what: str, total: int, *, unit: str = "images", every_s: float = 10.0,
+               clock: Optional[Callable[[], float]] = None):
+    clock = clock or time.monotonic
+    self.what, self.total, self.unit, self.every_s, self._clock = what, total, unit, every_s, clock
+    self.count = 0
+    self._start = self._last_log = clock()
+
+  def update(self, n: int) -> None:
+    self.count += int(n)
+    now = self._clock()
+    if now - self._last_log >= self.every_s and self.count < self.total:
+      self._last_log = now
+      _log(progress_line(self.what, self.count, self.total, now - self._start, self.unit))
+
+  def done(self) -> None:
+    elapsed = self._clock() - self._start
+    _log(f"{self.what}: {self.count} {self.unit} in {_format_seconds(elapsed)} "
+         f"({self.count / max(elapsed, 1e-9):.1f} {self.unit}/s)")
+
+
+T = TypeVar("T")
+
+
+def iterate(items: Iterable[T], what: str, total: int, **kwargs) -> Iterator[T]:
+  """Yields `items`, counting each one in a `Progress(what, total, **kwargs)`."""
+  line = Progress(what, total, **kwargs)
+  for item in items:
+    yield item
+    line.update(1)
+  line.done()
+
+
+def progress_line(what: str, count: int, total: int, elapsed_s: float, unit: str) -> str:
+  """`what: count/total unit (pct%)  rate unit/s  ETA h:mm:ss` at the mean rate so far."""
+  rate = count / max(elapsed_s, 1e-9)
+  eta_s = (total - count) / max(rate, 1e-9)
+  return (f"{what}: {count}/{total} {unit} ({100 * count / max(total, 1):.0f}%)  "
+          f"{rate:.1f} {unit}/s  ETA {_format_seconds(eta_s)}")
+
+
+def _log(line: str) -> None:
+  if jax.process_index() == 0:
+    logging.info("%s", line)
 
 
 def _format_seconds(seconds: float) -> str:
