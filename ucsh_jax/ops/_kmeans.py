@@ -197,7 +197,9 @@ def _kmeans(x_NxD, key, init_centroids, *, num_clusters, num_iters, num_inits, m
   def from_seeding(init_key):
     return lloyd(_kmeans_plus_plus(x_NxD, sq_x_N, init_key, num_clusters, rows))
 
-  runs = jax.vmap(from_seeding)(jax.random.split(key, num_inits))
+  # Run i seeds from split(key, num_inits)[i]; a single run from `key` itself.
+  keys = key[None] if num_inits == 1 else jax.random.split(key, num_inits)
+  runs = jax.vmap(from_seeding)(keys)
   best = jnp.argmin(runs.inertia)  # Replicated: the inertia is a global sum.
   return jax.tree.map(lambda v: v[best], runs)
 
