@@ -11,8 +11,8 @@ import PIL.Image
 import pytest
 from sklearn import datasets
 
-from ucsh_jax import errors
 from ucsh_jax import data
+from ucsh_jax import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

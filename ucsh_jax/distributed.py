@@ -48,9 +48,10 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     process_id = int(os.environ["UCSH_PROCESS_ID"])
   if coordinator_address:
     if num_processes is None or process_id is None:
-      raise errors.UserError(f"coordinator address {coordinator_address!r} given without the number "
-                       f"of processes ({num_processes}) or this process's id ({process_id}): "
-                       "set --num_processes/--process_id or UCSH_NUM_PROCESSES/UCSH_PROCESS_ID")
+      raise errors.UserError(
+          f"coordinator address {coordinator_address!r} given without the number "
+          f"of processes ({num_processes}) or this process's id ({process_id}): "
+          "set --num_processes/--process_id or UCSH_NUM_PROCESSES/UCSH_PROCESS_ID")
     if not 0 <= process_id < num_processes:
       raise errors.UserError(f"process id {process_id} is not in [0, {num_processes})")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

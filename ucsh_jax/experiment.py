@@ -34,25 +34,26 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise errors.UserError(f"config.ablation={config.ablation!r}; expected one of {ABLATIONS}")
   if config.optimizer.name not in OPTIMIZERS:
     raise errors.UserError(f"config.optimizer.name={config.optimizer.name!r}; expected one of "
-                     f"{OPTIMIZERS}")
+                           f"{OPTIMIZERS}")
   if config.model.backbone not in BACKBONES:
     raise errors.UserError(f"config.model.backbone={config.model.backbone!r}; expected one of "
-                     f"{BACKBONES}")
+                           f"{BACKBONES}")
   if config.model.backbone == "none" and config.model.pretrained:
     raise errors.UserError("config.model.pretrained is set but config.model.backbone='none' has no "
-                     "VGG16 to load it into")
+                           "VGG16 to load it into")
   if config.model.dtype not in ("float32", "bfloat16"):
-    raise errors.UserError(f"config.model.dtype={config.model.dtype!r}; expected float32 or bfloat16")
+    raise errors.UserError(
+        f"config.model.dtype={config.model.dtype!r}; expected float32 or bfloat16")
   for name in ("bits", "batch_size", "num_epochs", "num_clusters", "kmeans_iters",
                "threshold_samples"):
     if config[name] < 1:
       raise errors.UserError(f"config.{name}={config[name]} must be at least 1")
   if config.batch_size % num_devices:
     raise errors.UserError(f"config.batch_size={config.batch_size} must be a multiple of the "
-                     f"{num_devices} devices")
+                           f"{num_devices} devices")
   if config.eval.batch_size % num_devices:
     raise errors.UserError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of "
-                     f"the {num_devices} devices")
+                           f"the {num_devices} devices")
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:

@@ -10,9 +10,9 @@ dataset x code length, rows with no result are left out, missing cells show "-".
 
 import json
 import os
-import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ucsh_jax import cli
 from ucsh_jax import errors
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "nus_wide": "NUS-WIDE", "mirflickr": "MIRFLICKR-25K"}
@@ -63,7 +63,7 @@ def collect(root: str) -> Tuple[Dict[Cell, float], Dict[Cell, str], List[Optiona
   def add(cell: Cell, value: float, path: str, topk: Optional[int]) -> None:
     if cell in values:
       raise errors.UserError(f"{cell[0]} on {cell[1]} at {cell[2]} bits is in both {sources[cell]} "
-                       f"and {path}; keep one run per cell under the root")
+                             f"and {path}; keep one run per cell under the root")
     values[cell], sources[cell] = float(value), path
     topk = topk if topk and topk > 0 else None
     if topk not in topks:
@@ -76,7 +76,7 @@ def collect(root: str) -> Tuple[Dict[Cell, float], Dict[Cell, str], List[Optiona
       ablation = _field(run, "ablation", path)
       if ablation not in ABLATION_NAMES:
         raise errors.UserError(f"{path}: unknown ablation {ablation!r}; expected one of "
-                         f"{sorted(ABLATION_NAMES)}")
+                               f"{sorted(ABLATION_NAMES)}")
       add((ABLATION_NAMES[ablation], _field(run, "dataset", path), int(_field(run, "bits", path))),
           _field(run, "map", path), path, _field(run, "topk", path))
     if "baselines.json" in files:
@@ -85,7 +85,7 @@ def collect(root: str) -> Tuple[Dict[Cell, float], Dict[Cell, str], List[Optiona
       for method, by_bits in _field(run, "map", path).items():
         if method not in METHOD_NAMES:
           raise errors.UserError(f"{path}: unknown method {method!r}; expected one of "
-                           f"{sorted(METHOD_NAMES)}")
+                                 f"{sorted(METHOD_NAMES)}")
         for bits, value in by_bits.items():
           add((METHOD_NAMES[method], _field(run, "dataset", path), int(bits)), value, path,
               _field(run, "topk", path))
@@ -124,8 +124,11 @@ def render(root: str) -> str:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) != 2:
-    raise SystemExit("usage: python -m ucsh_jax.tables ROOT")
-  root = argv[1]
+    raise errors.UserError("expected one argument, the folder of the runs",
+                           hint="python -m ucsh_jax.tables ROOT")
+  root = cli.absolute_path(argv[1])
+  if not os.path.isdir(root):
+    raise errors.UserError(f"{root} is not a folder")
   text = render(root)
   path = os.path.join(root, "results.md")
   with open(path + ".tmp", "w") as f:
@@ -136,4 +139,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  cli.run(main)

@@ -57,8 +57,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
   splits = data.make_splits(config.data, source, seed=config.seed, workdir=workdir)
   if len(splits.train) < max(config.batch_size, config.num_clusters):
     raise errors.UserError(f"the training set has {len(splits.train)} images, fewer than "
-                     f"config.batch_size={config.batch_size} or "
-                     f"config.num_clusters={config.num_clusters}")
+                           f"config.batch_size={config.batch_size} or "
+                           f"config.num_clusters={config.num_clusters}")
   if source.kind == "features":
     pretrained, preprocessing = None, None
     sample = np.asarray(source[0]["features"], np.float32)[None]

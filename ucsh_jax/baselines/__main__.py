@@ -17,21 +17,23 @@ import os
 import time
 from typing import Any, Dict, Sequence
 
-from absl import app
 from absl import flags
 import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from ucsh_jax import errors
+from ucsh_jax import cli
 from ucsh_jax import data
 from ucsh_jax import distributed
+from ucsh_jax import errors
 from ucsh_jax import evaluate
 from ucsh_jax import experiment
 from ucsh_jax import inference
+from ucsh_jax import run_record
 from ucsh_jax import tables
 from ucsh_jax import train
+from ucsh_jax import workdir_lock
 from ucsh_jax.baselines import METHODS
 
 DEFAULT_METHODS = ("lsh", "itq", "sh", "sph")
@@ -106,7 +108,8 @@ def markdown(results: Dict[str, Any]) -> str:
 
 def _check_choice(methods: Sequence[str], bits: Sequence[int]) -> None:
   if not methods or any(m not in METHODS for m in methods):
-    raise errors.UserError(f"methods {list(methods)}: expected a non-empty list from {sorted(METHODS)}")
+    raise errors.UserError(
+        f"methods {list(methods)}: expected a non-empty list from {sorted(METHODS)}")
   if not bits or any(b < 1 for b in bits):
     raise errors.UserError(f"bits {list(bits)}: expected a non-empty list of positive integers")
 
@@ -172,19 +175,23 @@ def _define_flags() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
   try:
     bits = [int(b) for b in args.bits]
   except ValueError as e:
-    raise app.UsageError(f"--bits={','.join(args.bits)}: expected integers") from e
+    raise errors.UserError(f"--bits={','.join(args.bits)}: expected integers") from e
+  config = cli.resolve_config(args.config)
+  workdir = cli.absolute_path(args.workdir)
   distributed.initialize()
-  results = run_baselines(args.config, args.workdir, args.methods, bits,
-                          save_features=args.save_features)
+  with workdir_lock.lock_for_run(workdir, "ucsh_jax.baselines"):
+    run_record.check(config, workdir)
+    results = run_baselines(config, workdir, args.methods, bits,
+                            save_features=args.save_features)
   if jax.process_index() == 0:
     print(markdown(results))
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -30,15 +30,23 @@ class ImageFolderSource:
     self.class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     paths: List[str] = []
     labels: List[int] = []
+    empty = []
     for label, name in enumerate(self.class_names):
+      count = len(paths)
       for folder, subfolders, files in os.walk(os.path.join(root, name)):
         subfolders.sort()
         found = sorted(f for f in files if f.lower().endswith(EXTENSIONS))
         paths += [os.path.join(folder, f) for f in found]
         labels += [label] * len(found)
+      if len(paths) == count:
+        empty.append(os.path.join(root, name))
     if not paths:
       raise errors.UserError(
           f"no images ({', '.join(EXTENSIONS)}) in class folders {root}/<class>/ (data.path)")
+    if empty:
+      raise errors.UserError(f"class folder {empty[0]} holds no images ({', '.join(EXTENSIONS)})"
+                             + (f"; {len(empty) - 1} more empty" if len(empty) > 1 else ""),
+                             hint="remove the empty class folder or put its images in it")
     if skip_corrupt:
       ok = [data is not None for data in images.read_checked_many(paths, skip_corrupt=True)]
       skipped = [p for p, good in zip(paths, ok) if not good]

@@ -132,10 +132,12 @@ def train_iterator(source, train_idx: np.ndarray, *, global_batch_size: int, ima
   host, hosts = _shard(shard)
   n = len(train_idx)
   if global_batch_size <= 0 or global_batch_size % hosts:
-    raise errors.UserError(f"global_batch_size={global_batch_size} must be a positive multiple of the "
-                     f"process count {hosts}")
+    raise errors.UserError(
+        f"global_batch_size={global_batch_size} must be a positive multiple of the "
+        f"process count {hosts}")
   if n < global_batch_size:
-    raise errors.UserError(f"{n} training images are fewer than one global batch of {global_batch_size}")
+    raise errors.UserError(
+        f"{n} training images are fewer than one global batch of {global_batch_size}")
   host_batch = global_batch_size // hosts
   position = _TrainPosition(n, global_batch_size, host_batch, host, seed)
   ds = (grain.MapDataset.range(position.per_epoch).repeat()

@@ -7,10 +7,11 @@ tfds datasets are downloaded (CIFAR-10) or read from the manual directory and wr
 ArrayRecord; the split files go to `<workdir>/splits/` (not written without --workdir).
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from ucsh_jax import cli
+from ucsh_jax import errors
 from ucsh_jax.data import sources
 from ucsh_jax.data import splits as splits_lib
 
@@ -21,17 +22,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the split files are writt
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = cli.resolve_config(_CONFIG.value)
+  workdir = cli.absolute_path(_WORKDIR.value)
   source = sources.get_source(config.data)
-  splits = splits_lib.make_splits(config.data, source, seed=config.seed, workdir=_WORKDIR.value)
+  splits = splits_lib.make_splits(config.data, source, seed=config.seed, workdir=workdir)
   print(f"{config.data.name}: {len(source)} examples")
   for name, idx in zip(splits_lib.SPLIT_NAMES, splits):
     print(f"  {name:<9} {len(idx)}")
-  print(f"split files in {_WORKDIR.value}/splits" if _WORKDIR.value
+  print(f"split files in {workdir}/splits" if workdir
         else "no --workdir: split files not written")
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

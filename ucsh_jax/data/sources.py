@@ -114,7 +114,8 @@ def top_concepts(labels_NxC: np.ndarray, k: int) -> np.ndarray:
   if k <= 0:
     return np.arange(labels_NxC.shape[1])
   if k > labels_NxC.shape[1]:
-    raise errors.UserError(f"top_concepts={k} but the labels have only {labels_NxC.shape[1]} concepts")
+    raise errors.UserError(
+        f"top_concepts={k} but the labels have only {labels_NxC.shape[1]} concepts")
   return np.argsort(-labels_NxC.sum(0), kind="stable")[:k]
 
 

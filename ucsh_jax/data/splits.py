@@ -40,15 +40,17 @@ def _stratified(rng: np.random.Generator, candidates: np.ndarray, labels: np.nda
     members = candidates[labels[candidates] == c]
     k = per_class + (j < extra)
     if k > len(members):
-      raise errors.UserError(f"{what}: class {c} has {len(members)} images, fewer than the {k} needed "
-                       f"for {total} spread over {len(classes)} classes")
+      raise errors.UserError(
+          f"{what}: class {c} has {len(members)} images, fewer than the {k} needed "
+          f"for {total} spread over {len(classes)} classes")
     chosen.append(rng.permutation(members)[:k])
   return np.concatenate(chosen)
 
 
 def _draw(rng, candidates, labels, total, what) -> np.ndarray:
   if total > len(candidates):
-    raise errors.UserError(f"{what}: asked for {total} but only {len(candidates)} images are available")
+    raise errors.UserError(
+        f"{what}: asked for {total} but only {len(candidates)} images are available")
   if labels.ndim == 1:
     return _stratified(rng, candidates, labels, total, what)
   return rng.permutation(candidates)[:total]
@@ -78,8 +80,9 @@ def protocol_splits(labels: np.ndarray, *, num_query: int, num_database: int, nu
     database = np.setdiff1d(eligible, query)
     if num_database != -1:
       if not 0 < num_database <= len(database):
-        raise errors.UserError(f"num_database={num_database} but {len(database)} images are left after "
-                         "the query set (-1 takes them all)")
+        raise errors.UserError(
+            f"num_database={num_database} but {len(database)} images are left after "
+            "the query set (-1 takes them all)")
       database = rng.permutation(database)[:num_database]
   if "train_idx" in given:
     train = np.asarray(given["train_idx"], np.int64)
@@ -96,18 +99,20 @@ def check_splits(splits: Splits, num_examples: int, where: str) -> Splits:
   for name, idx in zip(SPLIT_NAMES, splits):
     if idx.ndim != 1 or len(idx) == 0:
       raise errors.UserError(f"{where}: {name} must be a non-empty 1-D index array, got shape "
-                       f"{idx.shape}")
+                             f"{idx.shape}")
     if idx.min() < 0 or idx.max() >= num_examples:
-      raise errors.UserError(f"{where}: {name} indices span [{idx.min()}, {idx.max()}] but the dataset "
-                       f"has {num_examples} examples")
+      raise errors.UserError(
+          f"{where}: {name} indices span [{idx.min()}, {idx.max()}] but the dataset "
+          f"has {num_examples} examples")
     if len(np.unique(idx)) != len(idx):
       raise errors.UserError(f"{where}: {name} has repeated indices")
   if np.intersect1d(splits.query, splits.database).size:
     raise errors.UserError(f"{where}: query and database share "
-                     f"{np.intersect1d(splits.query, splits.database).size} indices")
+                           f"{np.intersect1d(splits.query, splits.database).size} indices")
   if np.setdiff1d(splits.train, splits.database).size:
-    raise errors.UserError(f"{where}: {np.setdiff1d(splits.train, splits.database).size} train indices "
-                     "are not in the database")
+    raise errors.UserError(
+        f"{where}: {np.setdiff1d(splits.train, splits.database).size} train indices "
+        "are not in the database")
   return splits
 
 
@@ -129,8 +134,9 @@ def _load(folder: str, num_examples: int) -> Splits:
     with open(info_path) as f:
       saved = json.load(f)["num_examples"]
     if saved != num_examples:
-      raise errors.UserError(f"the splits in {folder} were made for a dataset of {saved} examples but "
-                       f"this one has {num_examples}; use a new workdir or delete {folder}")
+      raise errors.UserError(
+          f"the splits in {folder} were made for a dataset of {saved} examples but "
+          f"this one has {num_examples}; use a new workdir or delete {folder}")
   splits = Splits(*(np.load(os.path.join(folder, f"{n}.npy")).astype(np.int64)
                     for n in SPLIT_NAMES))
   return check_splits(splits, num_examples, folder)

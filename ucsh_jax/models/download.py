@@ -51,7 +51,7 @@ def download_pretrained(name: str, cache_dir: str, timeout_s: float = 10.0) -> s
   key = _ALIASES.get(name, name)
   if key not in SOURCES:
     raise errors.UserError(f"unknown pretrained weights {name!r}; choose one of "
-                     f"{sorted(SOURCES) + sorted(_ALIASES)}")
+                           f"{sorted(SOURCES) + sorted(_ALIASES)}")
   source = SOURCES[key]
   path = os.path.join(cache_dir, source.filename)
   if os.path.isfile(path):

@@ -136,7 +136,7 @@ def convert(raw: Mapping[str, np.ndarray], layout_name: str, path: str) -> Dict[
   unexpected = sorted(set(raw) - expected_keys)
   if missing or unexpected:
     raise errors.UserError(f"{path}: not a {layout_name} VGG16 checkpoint: missing keys {missing}, "
-                     f"unexpected keys {unexpected}")
+                           f"unexpected keys {unexpected}")
   width, pooled, num_classes = _infer_architecture(raw, layout)
   shapes = vgg.vgg16_param_shapes(width, pooled, num_classes)
   problems = []
@@ -148,8 +148,9 @@ def convert(raw: Mapping[str, np.ndarray], layout_name: str, path: str) -> Dict[
       elif not np.issubdtype(raw[key].dtype, np.floating):
         problems.append(f"{key}: expected floating point values, found {raw[key].dtype}")
   if problems:
-    raise errors.UserError(f"{path}: {layout_name} VGG16 weights (width {width:g}, pooled size "
-                     f"{pooled}, {num_classes} classes) have wrong shapes: " + "; ".join(problems))
+    raise errors.UserError(
+        f"{path}: {layout_name} VGG16 weights (width {width:g}, pooled size "
+        f"{pooled}, {num_classes} classes) have wrong shapes: " + "; ".join(problems))
   params = {}
   for layer, (weight_key, bias_key, kind) in layout.items():
     kernel = _to_flax(kind, np.asarray(raw[weight_key], np.float32), pooled)
@@ -168,7 +169,7 @@ def _read_keras(path: str) -> Dict[str, np.ndarray]:
   with h5py.File(path, "r") as f:
     if "layer_names" not in f.attrs:
       raise errors.UserError(f"{path}: HDF5 file without a 'layer_names' attribute; not a Keras "
-                       "weights file")
+                             "weights file")
     for layer in f.attrs["layer_names"]:
       layer = layer.decode() if isinstance(layer, bytes) else str(layer)
       names = [n.decode() if isinstance(n, bytes) else str(n)
@@ -176,8 +177,9 @@ def _read_keras(path: str) -> Dict[str, np.ndarray]:
       if not names:
         continue
       if len(names) != 2:
-        raise errors.UserError(f"{path}: Keras layer '{layer}' has weights {names}, expected a kernel "
-                         "and a bias")
+        raise errors.UserError(
+            f"{path}: Keras layer '{layer}' has weights {names}, expected a kernel "
+            "and a bias")
       for role, name in zip(("kernel", "bias"), names):
         raw[f"{layer}/{role}"] = np.asarray(f[layer][name])
   return raw
@@ -206,8 +208,9 @@ def detect_format(path: str) -> str:
     return "torch_legacy"
   if len(head) > 8 and head[8:9] == b"{":
     return "safetensors"
-  raise errors.UserError(f"{path}: not a torch .pth (zip or legacy), safetensors or Keras HDF5 file "
-                   f"(starts with {head[:8]!r})")
+  raise errors.UserError(
+      f"{path}: not a torch .pth (zip or legacy), safetensors or Keras HDF5 file "
+      f"(starts with {head[:8]!r})")
 
 
 def load_pretrained(path: str) -> Tuple[Dict[str, Any], preprocessing.Preprocessing]:
@@ -243,7 +246,8 @@ def load_pretrained(path: str) -> Tuple[Dict[str, Any], preprocessing.Preprocess
     raise
   except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile,
           pickle.UnpicklingError, safetensors.SafetensorError) as e:
-    raise errors.UserError(f"{path}: cannot read this {kind} file (truncated or corrupt?): {e}") from e
+    raise errors.UserError(
+        f"{path}: cannot read this {kind} file (truncated or corrupt?): {e}") from e
   if kind == "hdf5":
     return convert(raw, "keras", path), preprocessing.CAFFE
   layout = "timm" if any(k.startswith("pre_logits.") for k in raw) else "torchvision"

@@ -114,7 +114,8 @@ def _read_zip(path: str) -> Any:
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
-      raise errors.UserError(f"{path}: a torch zip checkpoint holds one <dir>/data.pkl, found {pickles}")
+      raise errors.UserError(
+          f"{path}: a torch zip checkpoint holds one <dir>/data.pkl, found {pickles}")
     prefix = pickles[0][:-len("data.pkl")]
     little_endian = True
     if prefix + "byteorder" in archive.namelist():
@@ -131,7 +132,7 @@ def _read_zip(path: str) -> Any:
         raw = archive.read(f"{prefix}data/{key}")
         if len(raw) < numel * dtype.itemsize:
           raise errors.UserError(f"{path}: storage {key} holds {len(raw)} bytes, "
-                           f"{numel} x {storage_type.name} needs {numel * dtype.itemsize}")
+                                 f"{numel} x {storage_type.name} needs {numel * dtype.itemsize}")
         data = np.frombuffer(raw, dtype, count=numel)
         storages[key] = _Storage(dtype, numel, data if little_endian else data.byteswap())
       return storages[key]
@@ -157,7 +158,7 @@ def _read_legacy(path: str) -> Any:
     header = [_RestrictedUnpickler(f, path).load() for _ in range(3)]
     if header[0] != _LEGACY_MAGIC or header[1] != _LEGACY_PROTOCOL:
       raise errors.UserError(f"{path}: not a torch legacy checkpoint (magic {header[0]!r}, "
-                       f"protocol {header[1]!r})")
+                             f"protocol {header[1]!r})")
     result = _RestrictedUnpickler(f, path, load_storage).load()
     keys = _RestrictedUnpickler(f, path).load()
     little_endian = not isinstance(header[2], dict) or header[2].get("little_endian", True)
@@ -168,7 +169,7 @@ def _read_legacy(path: str) -> Any:
       numel = int.from_bytes(_read_exactly(f, 8, path), "little" if little_endian else "big")
       if numel != storage.numel:
         raise errors.UserError(f"{path}: storage {key} holds {numel} elements, its tensors "
-                         f"expect {storage.numel}")
+                               f"expect {storage.numel}")
       raw = _read_exactly(f, numel * np.dtype(storage.dtype).itemsize, path)
       data = np.frombuffer(raw, storage.dtype)
       storage.data = data if little_endian else data.byteswap()
@@ -189,13 +190,15 @@ def _materialise(tensor: _TensorRef, name: str, path: str) -> np.ndarray:
   """Copies a tensor out of its storage, honouring offset and strides."""
   data = tensor.storage.data
   if len(tensor.size) != len(tensor.stride) or min(tensor.stride + tensor.size, default=0) < 0:
-    raise errors.UserError(f"{path}: tensor '{name}' has size {tensor.size} and stride {tensor.stride}")
+    raise errors.UserError(
+        f"{path}: tensor '{name}' has size {tensor.size} and stride {tensor.stride}")
   if math.prod(tensor.size) == 0:
     return np.zeros(tensor.size, data.dtype)
   last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
   if tensor.offset < 0 or last >= data.size or math.prod(tensor.size) > data.size:
-    raise errors.UserError(f"{path}: tensor '{name}' (offset {tensor.offset}, size {tensor.size}, "
-                     f"stride {tensor.stride}) reaches past its storage of {data.size} elements")
+    raise errors.UserError(
+        f"{path}: tensor '{name}' (offset {tensor.offset}, size {tensor.size}, "
+        f"stride {tensor.stride}) reaches past its storage of {data.size} elements")
   strides = tuple(s * data.itemsize for s in tensor.stride)
   return np.lib.stride_tricks.as_strided(data[tensor.offset:], tensor.size, strides).copy()
 
@@ -216,7 +219,8 @@ def read_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
   else:
     result = _read_legacy(path)
   if not isinstance(result, dict):
-    raise errors.UserError(f"{path}: expected a state dict, the pickle holds a {type(result).__name__}")
+    raise errors.UserError(
+        f"{path}: expected a state dict, the pickle holds a {type(result).__name__}")
   state_dict = {}
   for name, value in result.items():
     if not isinstance(value, _TensorRef):

@@ -149,18 +149,20 @@ def with_pretrained_backbone(ucsh_params: Mapping[str, Any],
   """
   if "backbone" not in ucsh_params:
     raise errors.UserError("ucsh_params has no 'backbone' entry (keys: "
-                     f"{sorted(ucsh_params)}); pass the UCSH variables['params']")
+                           f"{sorted(ucsh_params)}); pass the UCSH variables['params']")
   backbone = ucsh_params["backbone"]
   missing = sorted(set(backbone) - set(vgg_params))
   unexpected = sorted(set(vgg_params) - set(backbone) - {"fc8"})
   if missing or unexpected:
-    raise errors.UserError(f"pretrained VGG16 params do not match the UCSH backbone: missing layers "
-                     f"{missing}, unexpected layers {unexpected}")
+    raise errors.UserError(
+        f"pretrained VGG16 params do not match the UCSH backbone: missing layers "
+        f"{missing}, unexpected layers {unexpected}")
   new_backbone, problems = {}, []
   for layer, layer_params in backbone.items():
     if set(layer_params) != set(vgg_params[layer]):
-      raise errors.UserError(f"pretrained layer '{layer}' has parameters {sorted(vgg_params[layer])}, "
-                       f"the UCSH backbone has {sorted(layer_params)}")
+      raise errors.UserError(
+          f"pretrained layer '{layer}' has parameters {sorted(vgg_params[layer])}, "
+          f"the UCSH backbone has {sorted(layer_params)}")
     new_backbone[layer] = {}
     for name, current in layer_params.items():
       pretrained = vgg_params[layer][name]
@@ -171,5 +173,5 @@ def with_pretrained_backbone(ucsh_params: Mapping[str, Any],
         new_backbone[layer][name] = jnp.asarray(pretrained, current.dtype)
   if problems:
     raise errors.UserError("pretrained VGG16 params do not fit the UCSH backbone (another width or "
-                     "pooled size?): " + "; ".join(problems))
+                           "pooled size?): " + "; ".join(problems))
   return {**ucsh_params, "backbone": new_backbone}
