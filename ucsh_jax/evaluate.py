@@ -6,16 +6,25 @@ from typing import Any, Dict
 
 import numpy as np
 
+from ucsh_jax import index
 from ucsh_jax import inference
 from ucsh_jax import metrics
 
 PRECISION_KS = (100, 500, 1000, 5000)
+# The database's HammingIndex, written by `write_codes` next to codes.npz.
+INDEX_NAME = "database.index"
 
 
 def encode_query_and_database(forward, params, source, splits, **kwargs) -> Dict[str, np.ndarray]:
-  """The arrays of `codes.npz`: query/database codes (+-1 int8) and labels."""
+  """The arrays of `codes.npz`: query/database codes (+-1 int8), labels and ids.
+
+  The ids (int64) are the items' positions in the data set, `splits.query` and
+  `splits.database`.
+  """
   labels = np.asarray(source.labels)
-  return {"query_codes": inference.outputs_for(forward, params, source, splits.query, "codes",
+  return {"query_ids": np.asarray(splits.query, np.int64),
+          "database_ids": np.asarray(splits.database, np.int64),
+          "query_codes": inference.outputs_for(forward, params, source, splits.query, "codes",
                                                **kwargs),
           "database_codes": inference.outputs_for(forward, params, source, splits.database,
                                                   "codes", **kwargs),
@@ -47,6 +56,13 @@ def write_json(path: str, payload: Dict[str, Any]) -> None:
 
 
 def write_codes(path: str, codes: Dict[str, np.ndarray]) -> None:
+  """Writes `codes` to `path` (.npz) and the database's HammingIndex to INDEX_NAME beside it.
+
+  Both atomically. The index holds `database_codes` with `database_ids`; a code length that is
+  not a multiple of 8 is refused (errors.UserError) before anything is written.
+  """
+  database = index.HammingIndex.from_codes(codes["database_codes"], ids=codes["database_ids"])
   tmp = path + ".tmp.npz"
   np.savez(tmp, **codes)
   os.replace(tmp, path)
+  database.save(os.path.join(os.path.dirname(path), INDEX_NAME))

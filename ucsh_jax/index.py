@@ -1,0 +1,394 @@
+"""An exact Hamming index over bit-packed hash codes, with save/load and faiss export.
+
+Codes are stored bit-packed, `bits / 8` bytes per item (`np.packbits(codes > 0)`, the layout
+faiss's binary indexes use), with one int64 id per item (by default its position in the data
+set). The code length must be a multiple of 8; any other length is refused with a UserError
+(faiss refuses it too), so that a saved index and its faiss export always hold the same bits.
+
+Search is exact and ranks by (Hamming distance, id): equal distances come back in increasing id
+order, as in `ucsh_jax.metrics` (where the id is the database index). The index keeps its items
+sorted by id, so that this order is the storage order and the scan can take each query's nearest
+items chunk by chunk: distances by XOR + popcount on 64-bit words, and per chunk only the items
+at or below the query's running k-th smallest distance are kept (a counting selection on the
+distance range 0..bits). Memory is bounded by the chunk sizes, not by the database.
+
+The file format (`save`/`load`), version 1, little-endian:
+
+  bytes 0..7    magic b"UCSHHAM\\0"
+  bytes 8..11   uint32 format version
+  bytes 12..15  uint32 bits
+  bytes 16..23  uint64 ntotal
+  bytes 24..27  uint32 CRC-32 of the payload
+  bytes 28..31  zero
+  payload       ntotal * bits / 8 bytes of packed codes, then ntotal int64 ids
+
+Example:
+
+  index = HammingIndex.from_codes(database_codes, ids=database_ids)  # (n, 64) +-1 codes
+  distances, ids = index.search(query_codes, k=10)                   # (q, 10) each
+  index.save("database.index"); index = HammingIndex.load("database.index", bits=64)
+"""
+
+import os
+import struct
+import zlib
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ucsh_jax import errors
+
+MAGIC = b"UCSHHAM\0"
+VERSION = 1
+_HEADER = struct.Struct("<8sIIQII")
+
+# Database items scanned per step and queries per block: a (queries, items) block of uint64
+# words stays within the CPU's L2 cache.
+_DB_CHUNK = 4096
+_QUERY_BLOCK = 64
+
+
+def _check_bits(bits) -> int:
+  if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits <= 0 \
+      or bits % 8:
+    raise errors.UserError(
+        f"code length must be a positive multiple of 8 bits, got {bits!r}",
+        hint="pad the codes to a multiple of 8 bits or train with such a code length")
+  return int(bits)
+
+
+def pack_codes(codes, bits: int, name: str = "codes") -> np.ndarray:
+  """+-1 codes -> packed bits.
+
+  Args:
+    codes: (n, bits) +-1 codes of any int or float dtype.
+    bits: the expected code length.
+    name: the argument's name for error messages.
+
+  Returns:
+    (n, bits / 8) uint8, bit set where the code is +1 (`np.packbits(codes > 0, axis=1)`).
+  """
+  codes = np.asarray(codes)
+  if codes.ndim != 2 or codes.shape[1] != bits:
+    raise errors.UserError(f"{name} must be (n, {bits}) codes, got shape {codes.shape}")
+  if not np.all((codes == 1) | (codes == -1)):
+    raise errors.UserError(f"{name} must hold only +1 and -1 entries")
+  return np.packbits(codes > 0, axis=1)
+
+
+def _check_packed(packed, bits: int, name: str = "packed") -> np.ndarray:
+  packed = np.asarray(packed)
+  if packed.ndim != 2 or packed.shape[1] != bits // 8 or packed.dtype != np.uint8:
+    raise errors.UserError(
+        f"{name} must be (n, {bits // 8}) uint8 packed {bits}-bit codes, got "
+        f"{packed.dtype} {packed.shape}")
+  return np.ascontiguousarray(packed)
+
+
+def _words(packed: np.ndarray) -> np.ndarray:
+  """(n, nbytes) uint8 -> (w, n) words of the widest unsigned type that divides nbytes."""
+  nbytes = packed.shape[1]
+  dtype = next(np.dtype(f"u{size}") for size in (8, 4, 2, 1) if nbytes % size == 0)
+  return np.ascontiguousarray(packed).view(dtype).T
+
+
+def _distances(query_words: np.ndarray, db_words: np.ndarray, dtype) -> np.ndarray:
+  """(w, b) and (w, c) words -> (b, c) Hamming distances of `dtype`."""
+  dist = np.empty((query_words.shape[1], db_words.shape[1]), dtype)
+  xor = np.empty(dist.shape, db_words.dtype)
+  np.bitwise_xor(query_words[0][:, None], db_words[0][None, :], out=xor)
+  np.bitwise_count(xor, out=dist)
+  for q_word, db_word in zip(query_words[1:], db_words[1:]):
+    np.bitwise_xor(q_word[:, None], db_word[None, :], out=xor)
+    dist += np.bitwise_count(xor)
+  return dist
+
+
+def _kth_distance(rows: np.ndarray, dist: np.ndarray, num_rows: int, k: int,
+                  bits: int) -> np.ndarray:
+  """Per row, the k-th smallest of the candidate distances (bits where fewer than k).
+
+  Args:
+    rows: (m,) row of each candidate, in 0..num_rows - 1.
+    dist: (m,) their distances, in 0..bits.
+    num_rows, k, bits: sizes.
+
+  Returns:
+    (num_rows,) int64 thresholds.
+  """
+  size = bits + 1
+  hist = np.bincount(rows * size + dist, minlength=num_rows * size).reshape(num_rows, size)
+  enough = np.cumsum(hist, axis=1) >= k
+  return np.where(enough[:, -1], np.argmax(enough, axis=1), bits)
+
+
+def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, k: int, bits: int,
+                 chunk: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Exact top-k of a block of queries over the whole database.
+
+  Args:
+    query_words: (w, b) query words.
+    db_words: (w, n) database words, n >= k.
+    k: neighbours per query.
+    bits: code length.
+    chunk: database items per step.
+
+  Returns:
+    (b, k) int32 distances and (b, k) int64 database positions, by (distance, position).
+  """
+  b, n = query_words.shape[1], db_words.shape[1]
+  dtype = np.uint8 if bits < 256 else np.uint16
+  kept = [np.empty(0, np.int64)] * 3  # rows, positions, distances of the candidates
+  pending, num_pending = [], 0
+  thresh = np.full(b, bits, np.int64)
+  for start in range(0, n, chunk):
+    dist_BxC = _distances(query_words, db_words[:, start:start + chunk], dtype)
+    flat = np.flatnonzero(dist_BxC <= thresh[:, None].astype(dtype))
+    rows, pos = np.divmod(flat, dist_BxC.shape[1])
+    pending.append((rows, pos + start, dist_BxC.ravel()[flat].astype(np.int64)))
+    num_pending += len(flat)
+    if num_pending > 2 * b * k or start == 0 or start + chunk >= n:
+      kept = [np.concatenate(parts) for parts in zip(kept, *pending)]
+      pending, num_pending = [], 0
+      thresh = _kth_distance(kept[0], kept[2], b, k, bits)
+      keep = kept[2] <= thresh[kept[0]]
+      kept = [x[keep] for x in kept]
+  rows, pos, dist = kept
+  order = np.argsort((rows * (bits + 1) + dist) * n + pos)
+  counts = np.bincount(rows, minlength=b)
+  first = np.cumsum(counts) - counts
+  take = order[first[:, None] + np.arange(k)]
+  return dist[take].astype(np.int32), pos[take]
+
+
+class HammingIndex:
+  """Exact Hamming search over bit-packed codes with int64 ids.
+
+  Attributes:
+    bits: code length, a multiple of 8.
+    ntotal: number of items.
+    packed: (ntotal, bits / 8) uint8 codes, in id order.
+    ids: (ntotal,) int64 ids, increasing.
+  """
+
+  def __init__(self, bits: int):
+    self.bits = _check_bits(bits)
+    self.packed = np.zeros((0, self.bits // 8), np.uint8)
+    self.ids = np.zeros(0, np.int64)
+
+  @property
+  def ntotal(self) -> int:
+    return len(self.ids)
+
+  @classmethod
+  def from_codes(cls, codes, ids=None) -> "HammingIndex":
+    """An index of (n, bits) +-1 codes; ids (n,) default to 0..n-1."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+      raise errors.UserError(f"codes must be (n, bits) +-1 codes, got shape {codes.shape}")
+    index = cls(codes.shape[1])
+    index.add(codes, ids)
+    return index
+
+  @classmethod
+  def from_packed(cls, packed, bits: int, ids=None) -> "HammingIndex":
+    """An index of (n, bits / 8) uint8 packed codes; ids (n,) default to 0..n-1."""
+    index = cls(bits)
+    index.add_packed(packed, ids)
+    return index
+
+  def add(self, codes, ids=None) -> None:
+    """Adds (n, bits) +-1 codes; ids (n,) default to ntotal..ntotal + n - 1."""
+    self.add_packed(pack_codes(codes, self.bits), ids)
+
+  def add_packed(self, packed, ids=None) -> None:
+    """Adds (n, bits / 8) uint8 packed codes with ids like `add`.
+
+    Ids must be non-negative and distinct from each other and from those already added.
+    """
+    packed = _check_packed(packed, self.bits)
+    if ids is None:
+      start = int(self.ids[-1]) + 1 if self.ntotal else 0
+      ids = np.arange(start, start + len(packed), dtype=np.int64)
+    ids = np.asarray(ids)
+    if ids.shape != (len(packed),) or not np.issubdtype(ids.dtype, np.integer):
+      raise errors.UserError(
+          f"ids must be ({len(packed)},) integers, one per code, got {ids.dtype} {ids.shape}")
+    ids = ids.astype(np.int64)
+    if len(ids) and ids.min() < 0:
+      raise errors.UserError(f"ids must be non-negative, got {ids.min()}")
+    packed = np.concatenate([self.packed, packed])
+    ids = np.concatenate([self.ids, ids])
+    if np.any(np.diff(ids) <= 0):
+      order = np.argsort(ids, kind="stable")
+      packed, ids = packed[order], ids[order]
+      repeated = ids[1:][np.diff(ids) == 0]
+      if len(repeated):
+        raise errors.UserError(f"ids must be distinct, {repeated[0]} is given twice")
+    self.packed, self.ids = packed, ids
+
+  def search(self, query_codes, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The k nearest items of each query, exact, ties broken by increasing id.
+
+    Args:
+      query_codes: (q, bits) +-1 codes.
+      k: neighbours per query, >= 1. Where k > ntotal the rows are padded with
+        distance -1 and id -1 (as faiss pads), after all ntotal items.
+
+    Returns:
+      (distances, ids): (q, k) int32 Hamming distances, increasing along each row, and
+      (q, k) int64 ids.
+    """
+    return self.search_packed(pack_codes(query_codes, self.bits, "query_codes"), k)
+
+  def search_packed(self, packed_queries, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """`search` for (q, bits / 8) uint8 packed queries."""
+    packed_queries = _check_packed(packed_queries, self.bits, "packed_queries")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+      raise errors.UserError(f"k must be a positive integer, got {k!r}")
+    num_queries, found = len(packed_queries), min(int(k), self.ntotal)
+    distances = np.full((num_queries, k), -1, np.int32)
+    ids = np.full((num_queries, k), -1, np.int64)
+    if found == 0:
+      return distances, ids
+    query_words, db_words = _words(packed_queries), _words(self.packed)
+    for start in range(0, num_queries, _QUERY_BLOCK):
+      block = slice(start, start + _QUERY_BLOCK)
+      dist, pos = _block_top_k(query_words[:, block], db_words, found, self.bits, _DB_CHUNK)
+      distances[block, :found], ids[block, :found] = dist, self.ids[pos]
+    return distances, ids
+
+  def range_search(self, query_codes, radius: int
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All items within Hamming distance `radius` (inclusive) of each query.
+
+    Unlike faiss's binary range_search (distance < radius), the radius is included, as in
+    `metrics.precision_within_radius`.
+
+    Args:
+      query_codes: (q, bits) +-1 codes.
+      radius: maximum distance, >= 0.
+
+    Returns:
+      (lims, distances, ids) as faiss returns them: query i's results are
+      distances[lims[i]:lims[i + 1]] (int32) and ids[lims[i]:lims[i + 1]] (int64), by
+      (distance, id); lims is (q + 1,) int64.
+    """
+    packed_queries = pack_codes(query_codes, self.bits, "query_codes")
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+      raise errors.UserError(f"radius must be a non-negative integer, got {radius!r}")
+    query_words, db_words = _words(packed_queries), _words(self.packed)
+    dtype = np.uint8 if self.bits < 256 else np.uint16
+    rows, pos, dist = [], [], []
+    for q_start in range(0, len(packed_queries), _QUERY_BLOCK):
+      for start in range(0, self.ntotal, _DB_CHUNK):
+        dist_BxC = _distances(query_words[:, q_start:q_start + _QUERY_BLOCK],
+                              db_words[:, start:start + _DB_CHUNK], dtype)
+        flat = np.flatnonzero(dist_BxC <= min(radius, self.bits))
+        new_rows, new_pos = np.divmod(flat, dist_BxC.shape[1])
+        rows.append(new_rows + q_start)
+        pos.append(new_pos + start)
+        dist.append(dist_BxC.ravel()[flat].astype(np.int64))
+    rows, pos, dist = (np.concatenate([np.empty(0, np.int64)] + x) for x in (rows, pos, dist))
+    order = np.lexsort((pos, dist, rows))
+    lims = np.zeros(len(packed_queries) + 1, np.int64)
+    lims[1:] = np.cumsum(np.bincount(rows, minlength=len(packed_queries)))
+    return lims, dist[order].astype(np.int32), self.ids[pos[order]]
+
+  def save(self, path: str) -> None:
+    """Writes the index to one file (format above), atomically."""
+    payload = [np.ascontiguousarray(self.packed), self.ids.astype("<i8")]
+    crc = 0
+    for part in payload:
+      crc = zlib.crc32(part, crc)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+      f.write(_HEADER.pack(MAGIC, VERSION, self.bits, self.ntotal, crc, 0))
+      for part in payload:
+        f.write(part.tobytes())
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str, bits: Optional[int] = None) -> "HammingIndex":
+    """Reads a file written by `save`.
+
+    Args:
+      path: the file.
+      bits: the code length the caller expects; None accepts any.
+
+    Raises:
+      errors.UserError: the file is missing, not an index, of another format version or
+        code length, truncated or corrupt; the message names the file and the problem.
+    """
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      raise errors.UserError(f"cannot read the Hamming index {path}: {e.strerror}") from e
+    if not data.startswith(MAGIC):
+      raise errors.UserError(f"{path} is not a Hamming index file (no {MAGIC[:7]!r} header)")
+    if len(data) < _HEADER.size:
+      raise errors.UserError(f"{path} is truncated: {len(data)} bytes, shorter than the header")
+    _, version, file_bits, ntotal, crc, _ = _HEADER.unpack_from(data)
+    if version != VERSION:
+      raise errors.UserError(
+          f"{path} is a Hamming index of format version {version}; this code reads "
+          f"version {VERSION}", hint="rebuild it with --mode=encode")
+    if file_bits == 0 or file_bits % 8:
+      raise errors.UserError(f"{path} is corrupt: invalid code length {file_bits}")
+    if bits is not None and file_bits != bits:
+      raise errors.UserError(
+          f"{path} holds {file_bits}-bit codes, expected {bits}-bit codes",
+          hint="use the index written by the same run")
+    nbytes = file_bits // 8
+    expected = _HEADER.size + ntotal * (nbytes + 8)
+    if len(data) != expected:
+      what = "truncated" if len(data) < expected else "corrupt (trailing data)"
+      raise errors.UserError(
+          f"{path} is {what}: {len(data)} bytes where the header announces {expected}")
+    payload = memoryview(data)[_HEADER.size:]
+    if zlib.crc32(payload) != crc:
+      raise errors.UserError(f"{path} is corrupt: checksum mismatch")
+    index = cls(file_bits)
+    index.packed = np.frombuffer(payload, np.uint8, ntotal * nbytes).reshape(ntotal, nbytes)
+    index.ids = np.frombuffer(payload, "<i8", ntotal, ntotal * nbytes).astype(np.int64)
+    return index
+
+  def to_faiss(self, kind: str = "flat", **params):
+    """The same items in a faiss binary index, searched with the same packed queries.
+
+    Args:
+      kind: "flat" (exact `IndexBinaryFlat`, in an `IndexBinaryIDMap` for the ids), "hash"
+        (`IndexBinaryHash`) or "ivf" (`IndexBinaryIVF` over an `IndexBinaryFlat` quantizer).
+      **params: for "hash", `b` (bits of the code prefix used as the hash key, default
+        min(bits, 16)) and `nflip` (bits flipped when probing at search, default 2); for
+        "ivf", `nlist` (lists, default min(ntotal / 39, 4 sqrt(ntotal)), at least 1) and
+        `nprobe` (lists probed at search, default 16). "hash" and "ivf" are approximate.
+
+    Returns:
+      The faiss index; query it with `np.packbits(query_codes > 0, axis=1)`. Its ids are
+      this index's ids.
+    """
+    import faiss  # pylint: disable=g-import-not-at-top
+
+    def take(name, default):
+      return int(params.pop(name, default))
+
+    if kind == "flat":
+      index = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(self.bits))
+    elif kind == "hash":
+      index = faiss.IndexBinaryHash(self.bits, take("b", min(self.bits, 16)))
+      index.nflip = take("nflip", 2)
+    elif kind == "ivf":
+      if not self.ntotal:
+        raise errors.UserError("an IVF index is trained on the codes: add codes first")
+      nlist = take("nlist", max(1, min(self.ntotal // 39, int(4 * np.sqrt(self.ntotal)))))
+      index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(self.bits), self.bits, nlist)
+      index.nprobe = take("nprobe", 16)
+      index.train(self.packed)
+    else:
+      raise errors.UserError(f"unknown faiss index kind {kind!r}; use flat, hash or ivf")
+    if params:
+      raise errors.UserError(f"unknown parameters for a faiss {kind} index: {sorted(params)}")
+    index.add_with_ids(self.packed, self.ids)
+    return index
