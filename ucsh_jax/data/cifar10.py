@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ucsh_jax import errors
+from ucsh_jax import progress
 from ucsh_jax.data import images
 from ucsh_jax.data import tfds_builder
 
@@ -83,14 +84,16 @@ def read_archive(path) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
   if "batches.meta" in batches:
     names = tuple(n.decode() for n in batches["batches.meta"][b"label_names"])
     if names != LABEL_NAMES:
-      raise errors.UserError(f"{path}: batches.meta label names {names} are not CIFAR-10's {LABEL_NAMES}")
+      raise errors.UserError(
+          f"{path}: batches.meta label names {names} are not CIFAR-10's {LABEL_NAMES}")
 
   def decode(name):
     data = np.asarray(batches[name][b"data"], np.uint8)
     labels = np.asarray(batches[name][b"labels"])
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-      raise errors.UserError(f"{path}: {name} has data of shape {data.shape} and {len(labels)} labels; "
-                       "expected (N, 3072) and N")
+      raise errors.UserError(
+          f"{path}: {name} has data of shape {data.shape} and {len(labels)} labels; "
+          "expected (N, 3072) and N")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
 
   train = [decode(name) for name in train_names]
@@ -137,6 +140,8 @@ class UcshCifar10(tfds_builder.ManualDirBuilder):
     return {split: self._generate_examples(split, *arrays[split]) for split in ("train", "test")}
 
   def _generate_examples(self, split, images_NxHxWx3, labels_N) -> Iterator:
-    for i, (image, label) in enumerate(zip(images_NxHxWx3, labels_N)):
+    examples = progress.iterate(zip(images_NxHxWx3, labels_N), f"{self.name} {split}: preparing",
+                                len(labels_N))
+    for i, (image, label) in enumerate(examples):
       key = f"{split}_{i:05d}"
       yield key, {"image": images.encode_png(image), "label": int(label), "id": key}

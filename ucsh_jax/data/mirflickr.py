@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ucsh_jax import errors
+from ucsh_jax import progress
 from ucsh_jax.data import tfds_builder
 
 IMAGE_DIR = "mirflickr"
@@ -55,7 +56,8 @@ def read_layout(manual_dir: str) -> Tuple[List[str], np.ndarray]:
       lines = [(k, line.strip()) for k, line in enumerate(f, 1) if line.strip()]
     bad = [(k, line) for k, line in lines if not line.isdigit() or int(line) < 1]
     if bad:
-      raise errors.UserError(f"{path}: line {bad[0][0]} is {bad[0][1]!r}, not a 1-based image number")
+      raise errors.UserError(
+          f"{path}: line {bad[0][0]} is {bad[0][1]!r}, not a 1-based image number")
     annotated.append(np.asarray([int(line) for _, line in lines], np.int64))
   n = max(numbers + [int(a.max()) for a in annotated if len(a)], default=0)
   if n == 0:
@@ -95,4 +97,5 @@ class UcshMirflickr(tfds_builder.ManualDirBuilder):
                               f"exist. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     paths, labels = read_layout(os.fspath(self.manual_path))
     names = [f"{IMAGE_DIR}/{os.path.basename(path)}" for path in paths]
-    return {"train": self._generate_examples(paths, labels, names)}
+    examples = self._generate_examples(paths, labels, names)
+    return {"train": progress.iterate(examples, f"{self.name}: preparing", len(paths))}

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ucsh_jax import errors
+from ucsh_jax import progress
 from ucsh_jax.data import tfds_builder
 
 IMAGE_LIST = "ImageList/Imagelist.txt"
@@ -75,7 +76,8 @@ def read_official(manual_dir: str) -> Tuple[List[str], np.ndarray]:
     with open(path) as f:
       values = [line.strip() for line in f if line.strip()]
     if len(values) != len(entries):
-      raise errors.UserError(f"{path} has {len(values)} lines but {listing} lists {len(entries)} images")
+      raise errors.UserError(
+          f"{path} has {len(values)} lines but {listing} lists {len(entries)} images")
     columns.append(_read_01(values, f"{path} (value k is line k)"))
   paths = resolve_paths(manual_dir, entries, listing)
   return paths, np.stack(columns, axis=1)
@@ -91,8 +93,9 @@ def read_list(manual_dir: str) -> Tuple[List[str], np.ndarray]:
         continue
       path, *values = line.split()
       if rows and len(values) != len(rows[0]):
-        raise errors.UserError(f"{listing}: line {number} has {len(values)} label values, line 1 has "
-                         f"{len(rows[0])}")
+        raise errors.UserError(
+            f"{listing}: line {number} has {len(values)} label values, line 1 has "
+            f"{len(rows[0])}")
       entries.append(_path_parts(path))
       rows.append(_read_01(values, f"{listing} line {number} (value k is label k)"))
   if not rows or not len(rows[0]):
@@ -135,4 +138,5 @@ class UcshNusWide(tfds_builder.ManualDirBuilder):
           f"{self.name}: neither {IMAGE_LIST} nor {LIST_FILE} is in the manual directory {manual}. "
           + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     names = [os.path.relpath(path, manual) for path in paths]
-    return {"train": self._generate_examples(paths, labels, names)}
+    examples = self._generate_examples(paths, labels, names)
+    return {"train": progress.iterate(examples, f"{self.name}: preparing", len(paths))}
