@@ -70,6 +70,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
   root = jax.random.key(config.seed)
   keys = dict(zip(("init", "train", "centers", "epoch"), jax.random.split(root, 4)))
   steps_per_epoch = len(splits.train) // config.batch_size
+  logging.info("data %s: %d examples; %d queries, %d database items, %d training items.",
+               config.data.name, len(source), len(splits.query), len(splits.database),
+               len(splits.train))
   tx = experiment.make_optimizer(config, steps_per_epoch)
   if restoring:
     state = experiment.abstract_train_state(model, sample, tx,
