@@ -41,7 +41,7 @@ def _index_in_parts(db_codes, ids, parts=3):
                                       (64, 500, 500), (128, 1500, 7), (256, 900, 40)])
 def test_search_matches_brute_force(bits, n, k, monkeypatch):
   # Small chunks and query blocks so that every path of the chunked scan runs.
-  monkeypatch.setattr(index_lib, "_DB_CHUNK", 128)
+  monkeypatch.setattr(index_lib, "_BLOCK_SIZE", 16 * 128)
   monkeypatch.setattr(index_lib, "_QUERY_BLOCK", 16)
   rng = np.random.default_rng(bits + n)
   db_codes, query_codes = _codes(n, bits, rng), _codes(45, bits, rng)
@@ -80,7 +80,7 @@ def test_k_beyond_ntotal_pads_with_minus_one():
 
 @pytest.mark.parametrize("radius", [0, 3, 9])
 def test_range_search_matches_brute_force(radius, monkeypatch):
-  monkeypatch.setattr(index_lib, "_DB_CHUNK", 100)
+  monkeypatch.setattr(index_lib, "_BLOCK_SIZE", 8 * 100)
   monkeypatch.setattr(index_lib, "_QUERY_BLOCK", 8)
   rng = np.random.default_rng(radius)
   db_codes, query_codes = _codes(1000, 32, rng), _codes(20, 32, rng)

@@ -29,10 +29,11 @@ Example:
   index.save("database.index"); index = HammingIndex.load("database.index", bits=64)
 """
 
+import concurrent.futures
 import os
 import struct
 import zlib
-from typing import Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -42,10 +43,12 @@ MAGIC = b"UCSHHAM\0"
 VERSION = 1
 _HEADER = struct.Struct("<8sIIQII")
 
-# Database items scanned per step and queries per block: a (queries, items) block of uint64
-# words stays within the CPU's L2 cache.
-_DB_CHUNK = 4096
+# Queries per block and (queries x database items) per step of the scan: the block's
+# uint64 words stay in the CPU's cache. Blocks of queries run on up to _THREADS threads
+# (NumPy releases the GIL in its loops).
 _QUERY_BLOCK = 64
+_BLOCK_SIZE = 1 << 18
+_THREADS = min(8, len(os.sched_getaffinity(0)))
 
 
 def _check_bits(bits) -> int:
@@ -92,16 +95,37 @@ def _words(packed: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(packed).view(dtype).T
 
 
-def _distances(query_words: np.ndarray, db_words: np.ndarray, dtype) -> np.ndarray:
-  """(w, b) and (w, c) words -> (b, c) Hamming distances of `dtype`."""
-  dist = np.empty((query_words.shape[1], db_words.shape[1]), dtype)
-  xor = np.empty(dist.shape, db_words.dtype)
+class _Buffers:
+  """Scratch arrays for (b, c) blocks of distances, reused over the chunks of a scan."""
+
+  def __init__(self, size: int, word_dtype, dist_dtype):
+    self.xor = np.empty(size, word_dtype)
+    self.count = np.empty(size, np.uint8)
+    self.dist = np.empty(size, dist_dtype)
+    self.mask = np.empty(size, bool)
+
+  def view(self, name: str, shape) -> np.ndarray:
+    return getattr(self, name)[:shape[0] * shape[1]].reshape(shape)
+
+
+def _distances(query_words: np.ndarray, db_words: np.ndarray, buffers: _Buffers) -> np.ndarray:
+  """(w, b) and (w, c) words -> (b, c) Hamming distances, a view of `buffers.dist`."""
+  shape = (query_words.shape[1], db_words.shape[1])
+  xor, dist = buffers.view("xor", shape), buffers.view("dist", shape)
   np.bitwise_xor(query_words[0][:, None], db_words[0][None, :], out=xor)
   np.bitwise_count(xor, out=dist)
   for q_word, db_word in zip(query_words[1:], db_words[1:]):
     np.bitwise_xor(q_word[:, None], db_word[None, :], out=xor)
-    dist += np.bitwise_count(xor)
+    count = np.bitwise_count(xor, out=buffers.view("count", shape))
+    np.add(dist, count, out=dist)
   return dist
+
+
+def _within(dist: np.ndarray, thresh: np.ndarray, buffers: _Buffers) -> np.ndarray:
+  """Flat indices of the (b, c) distances at or below the per-row (b,) thresholds."""
+  mask = buffers.view("mask", dist.shape)
+  np.less_equal(dist, thresh[:, None], out=mask)
+  return np.flatnonzero(mask)
 
 
 def _kth_distance(rows: np.ndarray, dist: np.ndarray, num_rows: int, k: int,
@@ -137,28 +161,84 @@ def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, k: int, bits: in
     (b, k) int32 distances and (b, k) int64 database positions, by (distance, position).
   """
   b, n = query_words.shape[1], db_words.shape[1]
-  dtype = np.uint8 if bits < 256 else np.uint16
+  dist_dtype = np.uint8 if bits < 256 else np.uint16
+  buffers = _Buffers(b * chunk, db_words.dtype, dist_dtype)
   kept = [np.empty(0, np.int64)] * 3  # rows, positions, distances of the candidates
   pending, num_pending = [], 0
-  thresh = np.full(b, bits, np.int64)
+  thresh = np.full(b, bits, dist_dtype)
   for start in range(0, n, chunk):
-    dist_BxC = _distances(query_words, db_words[:, start:start + chunk], dtype)
-    flat = np.flatnonzero(dist_BxC <= thresh[:, None].astype(dtype))
+    dist_BxC = _distances(query_words, db_words[:, start:start + chunk], buffers)
+    flat = _within(dist_BxC, thresh, buffers)
     rows, pos = np.divmod(flat, dist_BxC.shape[1])
     pending.append((rows, pos + start, dist_BxC.ravel()[flat].astype(np.int64)))
     num_pending += len(flat)
     if num_pending > 2 * b * k or start == 0 or start + chunk >= n:
       kept = [np.concatenate(parts) for parts in zip(kept, *pending)]
       pending, num_pending = [], 0
-      thresh = _kth_distance(kept[0], kept[2], b, k, bits)
+      thresh = _kth_distance(kept[0], kept[2], b, k, bits).astype(dist_dtype)
       keep = kept[2] <= thresh[kept[0]]
       kept = [x[keep] for x in kept]
   rows, pos, dist = kept
-  order = np.argsort((rows * (bits + 1) + dist) * n + pos)
+  order = _ranked(rows, dist, pos, bits, n)
   counts = np.bincount(rows, minlength=b)
   first = np.cumsum(counts) - counts
   take = order[first[:, None] + np.arange(k)]
   return dist[take].astype(np.int32), pos[take]
+
+
+def _block_range(query_words: np.ndarray, db_words: np.ndarray, radius: int, bits: int,
+                 chunk: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """All database items within `radius` of a block of queries.
+
+  Args:
+    query_words: (w, b) query words.
+    db_words: (w, n) database words.
+    radius: maximum distance (inclusive).
+    bits: code length.
+    chunk: database items per step.
+
+  Returns:
+    (b,) int64 counts of items found per query, then the (m,) int64 distances and database
+    positions of the m items found, by (query, distance, position).
+  """
+  b, n = query_words.shape[1], db_words.shape[1]
+  dist_dtype = np.uint8 if bits < 256 else np.uint16
+  buffers = _Buffers(b * chunk, db_words.dtype, dist_dtype)
+  thresh = np.full(b, min(radius, bits), dist_dtype)
+  found = [(np.empty(0, np.int64),) * 3]
+  for start in range(0, n, chunk):
+    dist_BxC = _distances(query_words, db_words[:, start:start + chunk], buffers)
+    flat = _within(dist_BxC, thresh, buffers)
+    rows, pos = np.divmod(flat, dist_BxC.shape[1])
+    found.append((rows, dist_BxC.ravel()[flat].astype(np.int64), pos + start))
+  rows, dist, pos = (np.concatenate(parts) for parts in zip(*found))
+  order = _ranked(rows, dist, pos, bits, n)
+  return np.bincount(rows, minlength=b), dist[order], pos[order]
+
+
+def _ranked(rows: np.ndarray, dist: np.ndarray, pos: np.ndarray, bits: int,
+            n: int) -> np.ndarray:
+  """The order of (m,) candidates by (row, distance, position); rows < 2**6, n < 2**40."""
+  return np.argsort((rows * (bits + 1) + dist) * n + pos)
+
+
+def _blocks(num_queries: int) -> List[slice]:
+  return [slice(start, min(start + _QUERY_BLOCK, num_queries))
+          for start in range(0, num_queries, _QUERY_BLOCK)]
+
+
+def _map_blocks(fn: Callable[[slice], Any], num_queries: int) -> List[Any]:
+  """[fn(block) for block in _blocks(num_queries)], on up to _THREADS threads."""
+  blocks = _blocks(num_queries)
+  if len(blocks) <= 1 or _THREADS <= 1:
+    return [fn(block) for block in blocks]
+  with concurrent.futures.ThreadPoolExecutor(min(_THREADS, len(blocks))) as pool:
+    return list(pool.map(fn, blocks))
+
+
+def _chunk(num_queries: int) -> int:
+  """Database items per step for blocks of queries: (block, chunk) has _BLOCK_SIZE entries."""
+  return max(1, _BLOCK_SIZE // max(1, min(num_queries, _QUERY_BLOCK)))
 
 
 class HammingIndex:
@@ -252,9 +332,10 @@ class HammingIndex:
     if found == 0:
       return distances, ids
     query_words, db_words = _words(packed_queries), _words(self.packed)
-    for start in range(0, num_queries, _QUERY_BLOCK):
-      block = slice(start, start + _QUERY_BLOCK)
-      dist, pos = _block_top_k(query_words[:, block], db_words, found, self.bits, _DB_CHUNK)
+    chunk = _chunk(num_queries)
+    results = _map_blocks(lambda block: _block_top_k(
+        query_words[:, block], db_words, found, self.bits, chunk), num_queries)
+    for block, (dist, pos) in zip(_blocks(num_queries), results):
       distances[block, :found], ids[block, :found] = dist, self.ids[pos]
     return distances, ids
 
@@ -277,23 +358,15 @@ class HammingIndex:
     packed_queries = pack_codes(query_codes, self.bits, "query_codes")
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
       raise errors.UserError(f"radius must be a non-negative integer, got {radius!r}")
+    num_queries = len(packed_queries)
     query_words, db_words = _words(packed_queries), _words(self.packed)
-    dtype = np.uint8 if self.bits < 256 else np.uint16
-    rows, pos, dist = [], [], []
-    for q_start in range(0, len(packed_queries), _QUERY_BLOCK):
-      for start in range(0, self.ntotal, _DB_CHUNK):
-        dist_BxC = _distances(query_words[:, q_start:q_start + _QUERY_BLOCK],
-                              db_words[:, start:start + _DB_CHUNK], dtype)
-        flat = np.flatnonzero(dist_BxC <= min(radius, self.bits))
-        new_rows, new_pos = np.divmod(flat, dist_BxC.shape[1])
-        rows.append(new_rows + q_start)
-        pos.append(new_pos + start)
-        dist.append(dist_BxC.ravel()[flat].astype(np.int64))
-    rows, pos, dist = (np.concatenate([np.empty(0, np.int64)] + x) for x in (rows, pos, dist))
-    order = np.lexsort((pos, dist, rows))
-    lims = np.zeros(len(packed_queries) + 1, np.int64)
-    lims[1:] = np.cumsum(np.bincount(rows, minlength=len(packed_queries)))
-    return lims, dist[order].astype(np.int32), self.ids[pos[order]]
+    chunk = _chunk(num_queries)
+    results = _map_blocks(lambda block: _block_range(
+        query_words[:, block], db_words, int(radius), self.bits, chunk), num_queries)
+    counts, distances, positions = (np.concatenate([np.empty(0, np.int64), *parts])
+                                    for parts in zip(*results))
+    lims = np.concatenate([[0], np.cumsum(counts)])
+    return lims, distances.astype(np.int32), self.ids[positions]
 
   def save(self, path: str) -> None:
     """Writes the index to one file (format above), atomically."""
