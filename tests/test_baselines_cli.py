@@ -43,6 +43,18 @@ def _direct_maps(train, query, database, query_labels, db_labels, *, methods, bi
 def _check_outputs(workdir, results, methods, bits):
   with open(os.path.join(workdir, "baselines.json")) as f:
     assert json.load(f) == json.loads(json.dumps(results))
+  with np.load(os.path.join(workdir, "baselines_codes.npz")) as npz:
+    codes = dict(npz)
+  for split in ("query", "database"):
+    np.testing.assert_array_equal(codes[f"{split}_ids"],
+                                  np.load(os.path.join(workdir, "splits", f"{split}.npy")))
+  for name in methods:
+    for b in bits:
+      query, database = codes[f"{name}_{b}_query_codes"], codes[f"{name}_{b}_database_codes"]
+      assert query.dtype == np.int8 and query.shape == (results["num_query"], b)
+      assert database.shape == (results["num_database"], b)
+      assert _numpy_map(query, database, codes["query_labels"], codes["database_labels"],
+                        results["topk"]) == pytest.approx(results["map"][name][str(b)], abs=1e-9)
   assert results["methods"] == list(methods) and results["bits"] == list(bits)
   with open(os.path.join(workdir, "baselines.md")) as f:
     markdown = f.read()

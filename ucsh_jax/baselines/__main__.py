@@ -9,8 +9,11 @@ The features are those UCSH starts from: fc7 of the config's VGG16 (pretrained w
 a feature file (`config.data.name == "features"`). Splits are the run's protocol splits (saved in
 or read from WORKDIR/splits/); each method is fit on the training split, encodes the query and
 database splits and is scored with MAP@`config.eval.topk` (-1: the whole database). Writes
-WORKDIR/baselines.json and WORKDIR/baselines.md, and with --save_features WORKDIR/features.npz,
-a feature file of the query and database rows with their splits (usable with configs/features.py).
+WORKDIR/baselines.json, WORKDIR/baselines.md, the codes with the split ids in
+WORKDIR/baselines_codes.npz (for the curves of `python -m ucsh_jax.report`), and with
+--save_features WORKDIR/features.npz, a feature file of the query and database rows with their
+splits (usable with configs/features.py). WORKDIR may be the UCSH run's own workdir (same
+config): its splits are reused and the report finds the baselines there.
 """
 
 import os
@@ -38,6 +41,7 @@ from ucsh_jax.baselines import METHODS
 
 DEFAULT_METHODS = ("lsh", "itq", "sh", "sph")
 DEFAULT_BITS = (16, 32, 64)
+CODES_FILE = "baselines_codes.npz"
 
 
 def fit_key(seed: int, num_bits: int) -> jax.Array:
@@ -78,21 +82,34 @@ def extract_features(run: train.Run) -> Dict[str, np.ndarray]:
   return features
 
 
-def score_methods(features: Dict[str, np.ndarray], query_labels: np.ndarray,
-                  database_labels: np.ndarray, *, methods: Sequence[str], bits: Sequence[int],
-                  topk: int, seed: int) -> Dict[str, Dict[str, Dict[str, Any]]]:
-  """evaluate.score of every method at every code length: {method: {str(bits): scores}}."""
-  scores = {}
+def encode_methods(features: Dict[str, np.ndarray], *, methods: Sequence[str],
+                   bits: Sequence[int], seed: int) -> Dict[str, np.ndarray]:
+  """Fits every method at every code length and encodes the query and database features.
+
+  Returns:
+    {f"{method}_{bits}_query_codes": (q, bits) int8 +-1, f"{method}_{bits}_database_codes":
+    (m, bits) int8 +-1} for each method and code length.
+  """
+  codes = {}
   for name in methods:
     method = METHODS[name]
-    scores[name] = {}
     for num_bits in bits:
       params = method.fit(features["train"], num_bits, fit_key(seed, num_bits))
-      codes = {"query_codes": np.asarray(method.encode(params, features["query"]), np.int8),
-               "database_codes": np.asarray(method.encode(params, features["database"]), np.int8),
-               "query_labels": query_labels, "database_labels": database_labels}
-      scores[name][str(num_bits)] = evaluate.score(codes, topk)
-  return scores
+      for split in ("query", "database"):
+        codes[f"{name}_{num_bits}_{split}_codes"] = np.asarray(
+            method.encode(params, features[split]), np.int8)
+  return codes
+
+
+def score_methods(codes: Dict[str, np.ndarray], query_labels: np.ndarray,
+                  database_labels: np.ndarray, *, methods: Sequence[str], bits: Sequence[int],
+                  topk: int) -> Dict[str, Dict[str, Dict[str, Any]]]:
+  """evaluate.score of every method at every code length: {method: {str(bits): scores}}."""
+  return {name: {str(b): evaluate.score(
+      {"query_codes": codes[f"{name}_{b}_query_codes"],
+       "database_codes": codes[f"{name}_{b}_database_codes"],
+       "query_labels": query_labels, "database_labels": database_labels}, topk) for b in bits}
+          for name in methods}
 
 
 def markdown(results: Dict[str, Any]) -> str:
@@ -114,17 +131,21 @@ def _check_choice(methods: Sequence[str], bits: Sequence[int]) -> None:
     raise errors.UserError(f"bits {list(bits)}: expected a non-empty list of positive integers")
 
 
+def _write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
 def _write_features(path: str, run: train.Run, features: Dict[str, np.ndarray]) -> None:
   """A feature file of the query rows then the database rows, with the splits as index arrays."""
   splits, num_query = run.splits, len(run.splits.query)
   labels = np.asarray(run.source.labels)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, features=np.concatenate([features["query"], features["database"]]),
-           labels=np.concatenate([labels[splits.query], labels[splits.database]]),
-           query_idx=np.arange(num_query),
-           database_idx=num_query + np.arange(len(splits.database)),
-           train_idx=num_query + _train_rows(splits))
-  os.replace(tmp, path)
+  _write_npz(path, {"features": np.concatenate([features["query"], features["database"]]),
+                    "labels": np.concatenate([labels[splits.query], labels[splits.database]]),
+                    "query_idx": np.arange(num_query),
+                    "database_idx": num_query + np.arange(len(splits.database)),
+                    "train_idx": num_query + _train_rows(splits)})
 
 
 def run_baselines(config: ml_collections.ConfigDict, workdir: str,
@@ -132,7 +153,10 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str,
                   save_features: bool = False) -> Dict[str, Any]:
   """Fits, encodes and scores `methods` at code lengths `bits` on the config's features.
 
-  Returns (and process 0 writes as WORKDIR/baselines.json, with the table in baselines.md):
+  Process 0 writes the codes to WORKDIR/baselines_codes.npz (`encode_methods`' arrays with
+  `query_ids`, `database_ids` (positions in the data set) and `query_labels`,
+  `database_labels`), for the report's curves. Returns (and process 0 writes as
+  WORKDIR/baselines.json, with the table in baselines.md):
     {"dataset", "features" (what they are), "feature_dim", "num_query", "num_database",
      "num_train", "seed", "topk" (None = whole database), "methods", "bits",
      "map": {method: {str(bits): MAP}}, "scores": {method: {str(bits): evaluate.score(...)}},
@@ -145,8 +169,12 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str,
   run = train.setup(config, workdir)
   features = extract_features(run)
   labels = np.asarray(run.source.labels)
-  scores = score_methods(features, labels[run.splits.query], labels[run.splits.database],
-                         methods=methods, bits=bits, topk=config.eval.topk, seed=config.seed)
+  codes = encode_methods(features, methods=methods, bits=bits, seed=config.seed)
+  codes.update(query_ids=np.asarray(run.splits.query, np.int64),
+               database_ids=np.asarray(run.splits.database, np.int64),
+               query_labels=labels[run.splits.query], database_labels=labels[run.splits.database])
+  scores = score_methods(codes, codes["query_labels"], codes["database_labels"],
+                         methods=methods, bits=bits, topk=config.eval.topk)
   results = {
       "dataset": config.data.name, "features": describe_features(config),
       "feature_dim": int(features["train"].shape[1]), "num_query": len(run.splits.query),
@@ -156,6 +184,7 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str,
       "map": {m: {b: s["map"] for b, s in by_bits.items()} for m, by_bits in scores.items()},
       "scores": scores, "elapsed_s": round(time.time() - start_time, 2)}
   if jax.process_index() == 0:
+    _write_npz(os.path.join(workdir, CODES_FILE), codes)
     evaluate.write_json(os.path.join(workdir, "baselines.json"), results)
     with open(os.path.join(workdir, "baselines.md"), "w") as f:
       f.write(markdown(results))
