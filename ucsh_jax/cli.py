@@ -82,8 +82,10 @@ def _config_load_message(error: BaseException) -> str:
 
 def _config_field_message(error: BaseException, argv: Sequence[str]) -> errors.UserError:
   """A mistyped `--config.field=value` (ml_collections raises KeyError/AttributeError)."""
-  text = error.args[0] if error.args else str(error)
-  lines = str(text).strip("'\"").replace("\\n", "\n").splitlines()
+  text = error
+  while isinstance(text, BaseException) and text.args:  # AttributeError(KeyError(message))
+    text = text.args[0]
+  lines = str(text).splitlines()  # ["'bitz'", 'Did you mean "bits" instead of "bitz"?']
   field = lines[0].strip("'\"") if lines else "?"
   overrides = [a.split("=")[0] for a in argv if a.startswith("--") and "." in a.split("=")[0]]
   flag = next((o for o in overrides if o.endswith("." + field)), None)
