@@ -1,0 +1,280 @@
+"""`python -m ucsh_jax.report`: the page, its numbers, the gallery, a real browser, refusals.
+
+One tiny digits run (16 bits, no VGG16) with baselines at 16 and 8 bits in a subfolder is shared
+by the module; the report encodes the run itself (the fixture leaves no codes.npz).
+"""
+
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from configs import digits as digits_config
+from ucsh_jax import errors
+from ucsh_jax import metrics
+from ucsh_jax import run_record
+from ucsh_jax import train
+from ucsh_jax.baselines.__main__ import run_baselines
+from ucsh_jax.report import build
+from ucsh_jax.report import curves as curves_lib
+from ucsh_jax.report import events
+from ucsh_jax.report import gallery
+from ucsh_jax.report import plots
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = "/usr/bin/chromium"
+BASELINE_METHODS, BASELINE_BITS = ("lsh", "itq"), (16, 8)
+PLOTS = {f"{name}_{bits}.png" for name in ("pr", "precision_at_k", "precision_radius")
+         for bits in (16, 8)} | {"losses.png", "threshold.png", "cluster_sizes.png",
+                                 "bit_balance.png"}
+
+
+def _config():
+  config = digits_config.get_config()
+  config.num_epochs, config.bits, config.batch_size, config.num_clusters = 2, 16, 16, 4
+  config.kmeans_iters, config.threshold_samples, config.model.decoder_hidden = 5, 128, 16
+  config.eval.batch_size, config.log_every_steps = 64, 2
+  config.data.num_query, config.data.num_train, config.data.num_database = 40, 64, 160
+  return config
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+  """(workdir, config, path of index.html) of the shared run's report."""
+  workdir = str(tmp_path_factory.mktemp("report") / "run")
+  config = _config()
+  run_record.check_or_write(config, workdir, config_file=None)
+  train.train_and_evaluate(config, workdir)
+  run_baselines(config, os.path.join(workdir, "baselines"), BASELINE_METHODS, BASELINE_BITS)
+  assert not os.path.exists(os.path.join(workdir, "codes.npz"))
+  return workdir, config, build.write_report(workdir)
+
+
+class _Page(html.parser.HTMLParser):
+  """The <img> sources, the gallery figures and the <pre id=probe> text of a page."""
+
+  def __init__(self):
+    super().__init__()
+    self.images, self.rows, self.probe, self._in_probe = [], [], "", False
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    if tag == "img":
+      self.images.append(attrs["src"])
+    elif tag == "div" and attrs.get("class") == "gallery-row":
+      self.rows.append({"query": int(attrs["data-query"]), "hits": []})
+    elif tag == "figure" and "data-item" in attrs:
+      self.rows[-1]["hits"].append(attrs)
+    self._in_probe = tag == "pre" and attrs.get("id") == "probe"
+
+  def handle_data(self, data):
+    if self._in_probe:
+      self.probe += data
+
+
+def _parse(text):
+  page = _Page()
+  page.feed(text)
+  return page
+
+
+def _read(path):
+  with open(path) as f:
+    return f.read()
+
+
+def _codes(workdir):
+  with np.load(os.path.join(workdir, "codes.npz")) as f:
+    return dict(f)
+
+
+def _baseline_codes(workdir, method, bits):
+  with np.load(os.path.join(workdir, "baselines", "baselines_codes.npz")) as f:
+    return {"query_codes": f[f"{method}_{bits}_query_codes"],
+            "database_codes": f[f"{method}_{bits}_database_codes"],
+            "query_labels": f["query_labels"], "database_labels": f["database_labels"]}
+
+
+def test_page_references_every_plot_and_the_gallery(report):
+  workdir, _, page_path = report
+  page = _parse(_read(page_path))
+  out_dir = os.path.dirname(page_path)
+  plots_found = {src for src in page.images if not src.startswith("gallery/")}
+  assert plots_found == PLOTS
+  assert len(page.rows) == gallery.NUM_QUERIES
+  assert all(len(row["hits"]) == gallery.NUM_NEIGHBOURS for row in page.rows)
+  assert sum(src.startswith("gallery/") for src in page.images) == 11 * gallery.NUM_QUERIES
+  for src in page.images:
+    with PIL.Image.open(os.path.join(out_dir, src)) as image:
+      assert min(image.size) > 0
+  assert os.path.exists(os.path.join(workdir, "codes.npz"))  # The report encoded the run.
+
+
+def test_plotted_values_are_the_metrics_numbers(report):
+  workdir, _, page_path = report
+  with open(os.path.join(os.path.dirname(page_path), "data.json")) as f:
+    plotted = json.load(f)["curves"]
+  assert [c["label"] for c in plotted["16"]] == ["UCSH", "LSH", "ITQ"]
+  assert [c["label"] for c in plotted["8"]] == ["LSH", "ITQ"]
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert plotted["16"][0]["map"] == pytest.approx(json.load(f)["map"], abs=1e-12)
+  expected = [("16", 0, _codes(workdir))] + [
+      (str(b), i, _baseline_codes(workdir, m, b))
+      for b in BASELINE_BITS for i, m in enumerate(BASELINE_METHODS, start=1 if b == 16 else 0)]
+  for bits, i, codes in expected:
+    curve = plotted[bits][i]
+    args = (codes["query_codes"], codes["database_codes"], codes["query_labels"],
+            codes["database_labels"])
+    assert curve["map"] == pytest.approx(metrics.mean_average_precision(*args), abs=1e-12)
+    assert curve["k"][-1] == 160 and 100 in curve["k"]
+    for k in (1, 100, 160):
+      assert curve["precision_at_k"][curve["k"].index(k)] == pytest.approx(
+          metrics.precision_at_k(*args, ks=[k])[0], abs=1e-12)
+    for r in (0, 2, 5):
+      assert curve["precision_within_radius"][r] == pytest.approx(
+          metrics.precision_within_radius(*args, radius=r), abs=1e-12)
+    _, recall = metrics.precision_recall_curve(*args)
+    np.testing.assert_allclose(curve["recall_within_radius"], recall, atol=1e-12)
+
+
+def test_figures_draw_the_curves_with_map_in_the_legend(report):
+  workdir, _, _ = report
+  ucsh = curves_lib.curves(_codes(workdir), label="UCSH", topk=None)
+  itq = curves_lib.curves(_baseline_codes(workdir, "itq", 16), label="ITQ", topk=None)
+  fig = plots.precision_at_k([ucsh, itq])
+  lines = fig.axes[0].get_lines()
+  np.testing.assert_array_equal(lines[1].get_xdata(), itq.ks_P)
+  np.testing.assert_array_equal(lines[1].get_ydata(), itq.precision_at_k_P)
+  legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+  assert legend == [f"UCSH (MAP@all {ucsh.map:.3f})", f"ITQ (MAP@all {itq.map:.3f})"]
+  pr = plots.precision_recall([ucsh]).axes[0].get_lines()[0]
+  np.testing.assert_array_equal(pr.get_xdata(), ucsh.recall_R)
+  np.testing.assert_array_equal(pr.get_ydata(), ucsh.precision_R)
+
+
+def test_gallery_borders_and_distances_match_the_codes(report):
+  workdir, _, page_path = report
+  rows = _parse(_read(page_path)).rows
+  codes = _codes(workdir)
+  query_ids, db_ids = list(codes["query_ids"]), list(codes["database_ids"])
+  chosen = np.sort(np.random.default_rng(gallery.SEED).choice(40, 10, replace=False))
+  assert [row["query"] for row in rows] == [query_ids[q] for q in chosen]
+  dist = metrics.hamming_distance(codes["query_codes"], codes["database_codes"])
+  for row in rows:
+    q = query_ids.index(row["query"])
+    ranked = np.argsort(dist[q], kind="stable")[:10]
+    assert [int(h["data-item"]) for h in row["hits"]] == [db_ids[j] for j in ranked]
+    for hit, j in zip(row["hits"], ranked):
+      assert int(hit["data-distance"]) == dist[q, j]
+      relevant = codes["query_labels"][q] == codes["database_labels"][j]
+      assert hit["data-relevant"] == str(int(relevant))
+      assert hit["class"] == ("hit relevant" if relevant else "hit irrelevant")
+  assert {"hit relevant", "hit irrelevant"} <= {h["class"] for r in rows for h in r["hits"]}
+
+
+def _chromium(*args, user_data_dir):
+  assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install -y chromium"
+  command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={user_data_dir}", "--hide-scrollbars",
+             "--virtual-time-budget=10000", *args]
+  return subprocess.run(command, capture_output=True, text=True, timeout=180, check=True)
+
+
+_PROBE = """<script>
+window.addEventListener("load", () => {
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = Array.from(document.images, (img) => {
+    const box = img.getBoundingClientRect();
+    return [img.getAttribute("src"), img.naturalWidth, img.naturalHeight,
+            Math.round(box.width), Math.round(box.height)].join(" ");
+  }).join("\\n");
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def test_chromium_draws_every_image_and_a_non_blank_page(report, tmp_path):
+  _, _, page_path = report
+  out_dir = os.path.dirname(page_path)
+  probe = os.path.join(out_dir, "probe.html")
+  with open(probe, "w") as f:
+    f.write(_read(page_path).replace("</body>", _PROBE + "</body>"))
+  dom = _chromium("--dump-dom", f"file://{probe}", user_data_dir=tmp_path / "profile").stdout
+  os.remove(probe)
+  drawn = [line.split() for line in _parse(dom).probe.strip().splitlines()]
+  assert {d[0] for d in drawn} == set(_parse(_read(page_path)).images)
+  for src, *sizes in drawn:
+    assert min(int(s) for s in sizes) > 0, f"{src} is drawn at natural/rendered size {sizes}"
+
+  shot = tmp_path / "report.png"
+  _chromium(f"--screenshot={shot}", "--window-size=1280,1600", f"file://{page_path}",
+            user_data_dir=tmp_path / "profile")
+  with PIL.Image.open(shot) as image:
+    pixels = np.asarray(image.convert("RGB")).astype(np.int32)
+  assert pixels.shape[:2] == (1600, 1280)
+  not_white = np.any(pixels < 235, axis=-1)
+  assert 0.03 < not_white.mean() < 0.9, f"{not_white.mean():.3f} of the screenshot is drawn"
+  assert len(np.unique(pixels.reshape(-1, 3) // 32, axis=0)) > 8  # Plots in colour, not one tone.
+
+
+def test_compared_runs_with_other_splits_or_topk_are_refused(report, tmp_path):
+  workdir, _, _ = report
+  other = tmp_path / "other"
+  shutil.copytree(os.path.join(workdir, "baselines"), other)
+  summary_path = other / "baselines.json"
+  summary = json.loads(summary_path.read_text())
+  summary_path.write_text(json.dumps(dict(summary, topk=50)))
+  with pytest.raises(errors.UserError, match="MAP@50, the report's run MAP@all"):
+    build.write_report(workdir, compare=[str(other)])
+
+  summary_path.write_text(json.dumps(summary))
+  with np.load(other / "baselines_codes.npz") as f:
+    arrays = dict(f)
+  arrays["query_ids"] = arrays["query_ids"] + 1
+  np.savez(other / "baselines_codes.npz", **arrays)
+  with pytest.raises(errors.UserError, match="other query items"):
+    build.write_report(workdir, compare=[str(other)])
+
+
+def test_feature_sources_have_no_images_and_say_so(report, tmp_path):
+  workdir, _, _ = report
+
+  class Features:
+    kind = "features"
+
+  from ucsh_jax.report import runs  # pylint: disable=g-import-not-at-top
+  entry, _ = runs.load_ucsh(workdir)
+  text = gallery.render(gallery.rows(entry), Features(), str(tmp_path))
+  assert "there are no images" in text and "<img" not in text
+  assert len(_parse(text).rows) == gallery.NUM_QUERIES
+  assert not os.path.exists(tmp_path / gallery.FOLDER)
+
+
+def test_event_files_later_value_wins_and_a_cut_file_ends_cleanly(tmp_path):
+  import tensorboardX  # pylint: disable=g-import-not-at-top
+  for run, values in enumerate(([1.0, 2.0, 3.0], [20.0, 30.0])):  # A run, then its resumption.
+    writer = tensorboardX.SummaryWriter(str(tmp_path), filename_suffix=f".{run}")
+    for i, v in enumerate(values):
+      writer.add_scalar("loss", v, i + 3 - len(values))
+    writer.close()
+  steps, values = events.read_scalars(str(tmp_path))["loss"]
+  assert steps.tolist() == [0, 1, 2] and values.tolist() == [1.0, 20.0, 30.0]
+  path = sorted(tmp_path.glob("events.out.tfevents.*"))[-1]
+  path.write_bytes(path.read_bytes()[:-7])  # A killed run's half-written record.
+  steps, values = events.read_scalars(str(tmp_path))["loss"]
+  assert steps.tolist() == [0, 1, 2] and values.tolist() == [1.0, 20.0, 3.0]
+
+
+def test_command_line_refuses_a_workdir_without_a_run(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "ucsh_jax.report", f"--workdir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert f"error: {tmp_path} holds no run record" in result.stderr.splitlines()[-2]

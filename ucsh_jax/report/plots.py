@@ -1,0 +1,112 @@
+"""The report's figures (matplotlib, Agg backend): each function returns one Figure."""
+
+from typing import Dict, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from ucsh_jax import tables
+from ucsh_jax.report import curves as curves_lib
+from ucsh_jax.report import events
+
+_SIZE = (6.0, 4.2)
+LOSS_TERMS = ("loss", "loss_l2", "loss_vae", "loss_clustering", "loss_separating")
+
+
+def _axes(title: str, xlabel: str, ylabel: str, size=_SIZE):
+  fig = figure_lib.Figure(figsize=size, dpi=100, layout="constrained")
+  ax = fig.add_subplot()
+  ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+  ax.grid(alpha=0.3)
+  return fig, ax
+
+
+def _legend_label(c: curves_lib.Curves) -> str:
+  return f"{c.label} ({tables.map_label(c.topk)} {c.map:.3f})"
+
+
+def precision_recall(group: Sequence[curves_lib.Curves]) -> figure_lib.Figure:
+  """Precision against recall of Hamming-ball retrieval, one point per radius 0..k."""
+  fig, ax = _axes(f"Precision-recall over Hamming radii, {group[0].bits} bits", "recall",
+                  "precision")
+  for c in group:
+    ax.plot(c.recall_R, c.precision_R, marker=".", label=_legend_label(c))
+  ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
+  ax.legend(fontsize="small")
+  return fig
+
+
+def precision_at_k(group: Sequence[curves_lib.Curves]) -> figure_lib.Figure:
+  """Precision of the top k against k."""
+  fig, ax = _axes(f"Precision@k, {group[0].bits} bits", "k (top-ranked items)", "precision")
+  for c in group:
+    ax.plot(c.ks_P, c.precision_at_k_P, label=_legend_label(c))
+  ax.set(ylim=(0, 1.02))
+  ax.legend(fontsize="small")
+  return fig
+
+
+def precision_within_radius(group: Sequence[curves_lib.Curves]) -> figure_lib.Figure:
+  """Precision of the items within Hamming distance r against r."""
+  fig, ax = _axes(f"Precision within Hamming radius r, {group[0].bits} bits", "radius r",
+                  "precision")
+  for c in group:
+    ax.plot(np.arange(c.bits + 1), c.precision_R, marker=".", label=_legend_label(c))
+  ax.axvline(2, color="gray", linestyle=":", linewidth=1)
+  ax.set(ylim=(0, 1.02))
+  ax.legend(fontsize="small")
+  return fig
+
+
+def losses(scalars: Dict[str, events.Series]) -> figure_lib.Figure:
+  """One panel per loss term, averaged over each logging interval, against the step."""
+  terms = [t for t in LOSS_TERMS if t in scalars]
+  fig = figure_lib.Figure(figsize=(3.2 * len(terms), 3.0), dpi=100, layout="constrained")
+  for i, term in enumerate(terms):
+    ax = fig.add_subplot(1, len(terms), i + 1)
+    steps, values = scalars[term]
+    ax.plot(steps, values, marker=".")
+    ax.set(title=term, xlabel="step")
+    ax.grid(alpha=0.3)
+  fig.suptitle("Loss terms per logging interval")
+  return fig
+
+
+def threshold(steps: np.ndarray, values: np.ndarray, steps_per_epoch: int) -> figure_lib.Figure:
+  """The similarity threshold s_t estimated at the start of each epoch."""
+  fig, ax = _axes("Similarity threshold s_t per epoch", "epoch", "s_t")
+  ax.plot(steps // max(steps_per_epoch, 1), values, marker="o")
+  return fig
+
+
+def cluster_sizes(epochs: np.ndarray, sizes_ExN: np.ndarray) -> figure_lib.Figure:
+  """Images per k-means cluster (rows) at the start of each epoch (columns), as a heat map."""
+  fig, ax = _axes("Cluster sizes per epoch", "epoch", "cluster j")
+  image = ax.imshow(sizes_ExN.T, aspect="auto", origin="lower", cmap="viridis",
+                    extent=(epochs[0] - 0.5, epochs[-1] + 0.5, -0.5, sizes_ExN.shape[1] - 0.5))
+  ax.grid(False)
+  fig.colorbar(image, ax=ax, label="images in the cluster")
+  return fig
+
+
+def smallest_cluster(epochs: np.ndarray, smallest: np.ndarray) -> figure_lib.Figure:
+  """The size of the smallest k-means cluster at the start of each epoch."""
+  fig, ax = _axes("Smallest cluster size per epoch", "epoch", "images")
+  ax.plot(epochs, smallest, marker="o")
+  return fig
+
+
+def bit_balance(fractions_K: np.ndarray, title: str) -> figure_lib.Figure:
+  """Fraction of +1 per bit; 0.5 (dashed) is a balanced bit."""
+  fig, ax = _axes(title, "bit", "fraction of +1")
+  ax.bar(np.arange(len(fractions_K)), fractions_K, color="tab:blue")
+  ax.axhline(0.5, color="gray", linestyle="--", linewidth=1)
+  ax.set(ylim=(0, 1))
+  return fig
+
+
+def save(fig: figure_lib.Figure, path: str) -> None:
+  fig.savefig(path)
