@@ -11,6 +11,15 @@ from ucsh_jax import evaluate
 from ucsh_jax import index as index_lib
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_faiss_thread():
+  """faiss's OpenMP threads spin on a busy machine; one thread keeps these small cases fast."""
+  threads = faiss.omp_get_max_threads()
+  faiss.omp_set_num_threads(1)
+  yield
+  faiss.omp_set_num_threads(threads)
+
+
 def _codes(n, bits, rng, num_centers=4, flip=0.1):
   """+-1 int8 codes around a few centers: many exact ties in distance."""
   centers = np.where(rng.uniform(size=(num_centers, bits)) < 0.5, -1, 1)

@@ -35,6 +35,9 @@ import struct
 import zlib
 from typing import Any, Callable, List, Optional, Tuple
 
+import jax
+from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
 from ucsh_jax import errors
@@ -46,7 +49,7 @@ _HEADER = struct.Struct("<8sIIQII")
 # Queries per block and (queries x database items) per step of the scan: the block's
 # uint64 words stay in the CPU's cache. Blocks of queries run on up to _THREADS threads
 # (NumPy releases the GIL in its loops).
-_QUERY_BLOCK = 64
+_QUERY_BLOCK = 256
 _BLOCK_SIZE = 1 << 18
 _THREADS = min(8, len(os.sched_getaffinity(0)))
 
@@ -89,43 +92,70 @@ def _check_packed(packed, bits: int, name: str = "packed") -> np.ndarray:
 
 
 def _words(packed: np.ndarray) -> np.ndarray:
-  """(n, nbytes) uint8 -> (w, n) words of the widest unsigned type that divides nbytes."""
-  nbytes = packed.shape[1]
-  dtype = next(np.dtype(f"u{size}") for size in (8, 4, 2, 1) if nbytes % size == 0)
-  return np.ascontiguousarray(packed).view(dtype).T
+  """(n, nbytes) uint8 -> (n, w) words of the widest of uint32/16/8 that divides nbytes."""
+  size = next(size for size in (4, 2, 1) if packed.shape[1] % size == 0)
+  return np.ascontiguousarray(packed).view(f"u{size}")
 
 
-class _Buffers:
-  """Scratch arrays for (b, c) blocks of distances, reused over the chunks of a scan."""
+@jax.jit
+def _within_kernel(query_words, db_words, limit):
+  """(b, w) and (c, w) words, (b,) limits -> (b, c) bool: Hamming distance < limit.
 
-  def __init__(self, size: int, word_dtype, dist_dtype):
-    self.xor = np.empty(size, word_dtype)
-    self.count = np.empty(size, np.uint8)
-    self.dist = np.empty(size, dist_dtype)
-    self.mask = np.empty(size, bool)
-
-  def view(self, name: str, shape) -> np.ndarray:
-    return getattr(self, name)[:shape[0] * shape[1]].reshape(shape)
-
-
-def _distances(query_words: np.ndarray, db_words: np.ndarray, buffers: _Buffers) -> np.ndarray:
-  """(w, b) and (w, c) words -> (b, c) Hamming distances, a view of `buffers.dist`."""
-  shape = (query_words.shape[1], db_words.shape[1])
-  xor, dist = buffers.view("xor", shape), buffers.view("dist", shape)
-  np.bitwise_xor(query_words[0][:, None], db_words[0][None, :], out=xor)
-  np.bitwise_count(xor, out=dist)
-  for q_word, db_word in zip(query_words[1:], db_words[1:]):
-    np.bitwise_xor(q_word[:, None], db_word[None, :], out=xor)
-    count = np.bitwise_count(xor, out=buffers.view("count", shape))
-    np.add(dist, count, out=dist)
-  return dist
+  One fused pass (XOR, popcount, sum over the words, compare); the distances are summed in
+  the dtype of `limit`, which must hold bits + 1.
+  """
+  dist = jnp.zeros((query_words.shape[0], db_words.shape[0]), limit.dtype)
+  for w in range(query_words.shape[1]):
+    xor = query_words[:, w, None] ^ db_words[None, :, w]
+    dist = dist + lax.population_count(xor).astype(limit.dtype)
+  return dist < limit[:, None]
 
 
-def _within(dist: np.ndarray, thresh: np.ndarray, buffers: _Buffers) -> np.ndarray:
-  """Flat indices of the (b, c) distances at or below the per-row (b,) thresholds."""
-  mask = buffers.view("mask", dist.shape)
-  np.less_equal(dist, thresh[:, None], out=mask)
-  return np.flatnonzero(mask)
+def _pair_distances(query_words: np.ndarray, db_words: np.ndarray) -> np.ndarray:
+  """(m, w) and (m, w) words -> (m,) int64 Hamming distances of the pairs."""
+  return np.bitwise_count(query_words ^ db_words).sum(axis=1, dtype=np.int64)
+
+
+class _Scan:
+  """A block of queries scanned over the database in chunks of a fixed shape.
+
+  The block is padded to a power of two rows and the last chunk to the full chunk, so the
+  kernel compiles once per (rows, chunk, words) shape.
+  """
+
+  def __init__(self, query_words: np.ndarray, db_words: np.ndarray, bits: int):
+    self.num_queries, self.num_db = len(query_words), len(db_words)
+    rows = 1 << (self.num_queries - 1).bit_length()
+    self.chunk = max(1, _BLOCK_SIZE // rows)
+    self.query_words, self.db_words = query_words, db_words
+    padded = np.zeros((rows, query_words.shape[1]), query_words.dtype)
+    padded[:self.num_queries] = query_words
+    self.device_queries = jax.device_put(padded, jax.devices("cpu")[0])
+    self.limit = np.zeros(rows, np.uint8 if bits < 256 else np.uint16)
+
+  def candidates(self, start: int, thresh: np.ndarray
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, positions, distances), int64, of the chunk's items at distance <= thresh.
+
+    Args:
+      start: the chunk's first database position.
+      thresh: (num_queries,) per-query maximum distance.
+
+    Returns:
+      The items found in (row, position) order: row in the block, database position and
+      Hamming distance of each.
+    """
+    words = self.db_words[start:start + self.chunk]
+    if len(words) < self.chunk:
+      words = np.concatenate([words, np.zeros((self.chunk - len(words), words.shape[1]),
+                                              words.dtype)])
+    self.limit[:self.num_queries] = thresh + 1
+    mask = np.asarray(_within_kernel(self.device_queries, words, self.limit))
+    rows, pos = np.divmod(np.flatnonzero(mask), self.chunk)
+    pos += start
+    if start + self.chunk > self.num_db:
+      rows, pos = rows[pos < self.num_db], pos[pos < self.num_db]
+    return rows, pos, _pair_distances(self.query_words[rows], self.db_words[pos])
 
 
 def _kth_distance(rows: np.ndarray, dist: np.ndarray, num_rows: int, k: int,
@@ -146,36 +176,34 @@ def _kth_distance(rows: np.ndarray, dist: np.ndarray, num_rows: int, k: int,
   return np.where(enough[:, -1], np.argmax(enough, axis=1), bits)
 
 
-def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, k: int, bits: int,
-                 chunk: int) -> Tuple[np.ndarray, np.ndarray]:
+def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, k: int,
+                 bits: int) -> Tuple[np.ndarray, np.ndarray]:
   """Exact top-k of a block of queries over the whole database.
 
+  Each query's threshold starts at `bits` and drops to the k-th smallest distance among the
+  candidates found so far, so later chunks yield only the items that can still rank.
+
   Args:
-    query_words: (w, b) query words.
-    db_words: (w, n) database words, n >= k.
+    query_words: (b, w) query words.
+    db_words: (n, w) database words, n >= k.
     k: neighbours per query.
     bits: code length.
-    chunk: database items per step.
 
   Returns:
     (b, k) int32 distances and (b, k) int64 database positions, by (distance, position).
   """
-  b, n = query_words.shape[1], db_words.shape[1]
-  dist_dtype = np.uint8 if bits < 256 else np.uint16
-  buffers = _Buffers(b * chunk, db_words.dtype, dist_dtype)
+  scan = _Scan(query_words, db_words, bits)
+  b, n = scan.num_queries, scan.num_db
   kept = [np.empty(0, np.int64)] * 3  # rows, positions, distances of the candidates
   pending, num_pending = [], 0
-  thresh = np.full(b, bits, dist_dtype)
-  for start in range(0, n, chunk):
-    dist_BxC = _distances(query_words, db_words[:, start:start + chunk], buffers)
-    flat = _within(dist_BxC, thresh, buffers)
-    rows, pos = np.divmod(flat, dist_BxC.shape[1])
-    pending.append((rows, pos + start, dist_BxC.ravel()[flat].astype(np.int64)))
-    num_pending += len(flat)
-    if num_pending > 2 * b * k or start == 0 or start + chunk >= n:
+  thresh = np.full(b, bits, np.int64)
+  for start in range(0, n, scan.chunk):
+    pending.append(scan.candidates(start, thresh))
+    num_pending += len(pending[-1][0])
+    if num_pending > 2 * b * k or start == 0 or start + scan.chunk >= n:
       kept = [np.concatenate(parts) for parts in zip(kept, *pending)]
       pending, num_pending = [], 0
-      thresh = _kth_distance(kept[0], kept[2], b, k, bits).astype(dist_dtype)
+      thresh = _kth_distance(kept[0], kept[2], b, k, bits)
       keep = kept[2] <= thresh[kept[0]]
       kept = [x[keep] for x in kept]
   rows, pos, dist = kept
@@ -186,40 +214,34 @@ def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, k: int, bits: in
   return dist[take].astype(np.int32), pos[take]
 
 
-def _block_range(query_words: np.ndarray, db_words: np.ndarray, radius: int, bits: int,
-                 chunk: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _block_range(query_words: np.ndarray, db_words: np.ndarray, radius: int,
+                 bits: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """All database items within `radius` of a block of queries.
 
   Args:
-    query_words: (w, b) query words.
-    db_words: (w, n) database words.
+    query_words: (b, w) query words.
+    db_words: (n, w) database words.
     radius: maximum distance (inclusive).
     bits: code length.
-    chunk: database items per step.
 
   Returns:
     (b,) int64 counts of items found per query, then the (m,) int64 distances and database
     positions of the m items found, by (query, distance, position).
   """
-  b, n = query_words.shape[1], db_words.shape[1]
-  dist_dtype = np.uint8 if bits < 256 else np.uint16
-  buffers = _Buffers(b * chunk, db_words.dtype, dist_dtype)
-  thresh = np.full(b, min(radius, bits), dist_dtype)
-  found = [(np.empty(0, np.int64),) * 3]
-  for start in range(0, n, chunk):
-    dist_BxC = _distances(query_words, db_words[:, start:start + chunk], buffers)
-    flat = _within(dist_BxC, thresh, buffers)
-    rows, pos = np.divmod(flat, dist_BxC.shape[1])
-    found.append((rows, dist_BxC.ravel()[flat].astype(np.int64), pos + start))
-  rows, dist, pos = (np.concatenate(parts) for parts in zip(*found))
-  order = _ranked(rows, dist, pos, bits, n)
-  return np.bincount(rows, minlength=b), dist[order], pos[order]
+  scan = _Scan(query_words, db_words, bits)
+  thresh = np.full(scan.num_queries, min(radius, bits), np.int64)
+  rows, pos, dist = (np.concatenate(parts) for parts in zip(
+      *[scan.candidates(start, thresh) for start in range(0, scan.num_db, scan.chunk)]))
+  order = _ranked(rows, dist, pos, bits, scan.num_db)
+  return np.bincount(rows, minlength=scan.num_queries), dist[order], pos[order]
 
 
 def _ranked(rows: np.ndarray, dist: np.ndarray, pos: np.ndarray, bits: int,
             n: int) -> np.ndarray:
-  """The order of (m,) candidates by (row, distance, position); rows < 2**6, n < 2**40."""
-  return np.argsort((rows * (bits + 1) + dist) * n + pos)
+  """The order of (m,) candidates by (row, distance, position), positions below n."""
+  if (int(rows.max(initial=0)) + 1) * (bits + 1) * n < 2**62:
+    return np.argsort((rows * (bits + 1) + dist) * n + pos)
+  return np.lexsort((pos, dist, rows))
 
 
 def _blocks(num_queries: int) -> List[slice]:
@@ -234,11 +256,6 @@ def _map_blocks(fn: Callable[[slice], Any], num_queries: int) -> List[Any]:
     return [fn(block) for block in blocks]
   with concurrent.futures.ThreadPoolExecutor(min(_THREADS, len(blocks))) as pool:
     return list(pool.map(fn, blocks))
-
-
-def _chunk(num_queries: int) -> int:
-  """Database items per step for blocks of queries: (block, chunk) has _BLOCK_SIZE entries."""
-  return max(1, _BLOCK_SIZE // max(1, min(num_queries, _QUERY_BLOCK)))
 
 
 class HammingIndex:
@@ -332,9 +349,8 @@ class HammingIndex:
     if found == 0:
       return distances, ids
     query_words, db_words = _words(packed_queries), _words(self.packed)
-    chunk = _chunk(num_queries)
     results = _map_blocks(lambda block: _block_top_k(
-        query_words[:, block], db_words, found, self.bits, chunk), num_queries)
+        query_words[block], db_words, found, self.bits), num_queries)
     for block, (dist, pos) in zip(_blocks(num_queries), results):
       distances[block, :found], ids[block, :found] = dist, self.ids[pos]
     return distances, ids
@@ -360,9 +376,8 @@ class HammingIndex:
       raise errors.UserError(f"radius must be a non-negative integer, got {radius!r}")
     num_queries = len(packed_queries)
     query_words, db_words = _words(packed_queries), _words(self.packed)
-    chunk = _chunk(num_queries)
     results = _map_blocks(lambda block: _block_range(
-        query_words[:, block], db_words, int(radius), self.bits, chunk), num_queries)
+        query_words[block], db_words, int(radius), self.bits), num_queries)
     counts, distances, positions = (np.concatenate([np.empty(0, np.int64), *parts])
                                     for parts in zip(*results))
     lims = np.concatenate([[0], np.cumsum(counts)])
