@@ -39,6 +39,17 @@ flags.mark_flags_as_required(["workdir"])
 _QUERY_CHUNK = 64
 
 
+def check_query(path: str) -> None:
+  """A UserError for a --query that cannot be one, before the run is loaded: a missing path,
+  a folder without images, a file (not .npz) that is not an image."""
+  if not os.path.exists(path):
+    raise errors.UserError(f"--query {path} does not exist")
+  if os.path.isdir(path):
+    searcher_lib.list_images(path)
+  elif not path.endswith(".npz"):
+    searcher_lib.read_image(path)
+
+
 def queries_from_path(searcher: searcher_lib.Searcher,
                       path: str) -> List[Tuple[Dict[str, Any], np.ndarray]]:
   """(query description, code (1, bits)) for each query in the file, folder or .npz `path`."""
@@ -71,7 +82,7 @@ def answers(searcher: searcher_lib.Searcher, query: Optional[str], query_index: 
   if (query is None) == (query_index is None):
     raise errors.UserError("give exactly one of --query=PATH and --query_index=N")
   if query_index is not None:
-    queries = [(searcher.query_description(query_index), searcher.query_codes(query_index))]
+    queries = [searcher.run_query(query_index)]
   else:
     queries = queries_from_path(searcher, query)
   codes = np.concatenate([code for _, code in queries])
@@ -98,6 +109,8 @@ def main(argv):
   workdir = cli.absolute_path(_WORKDIR.value)
   query = cli.absolute_path(_QUERY.value)
   database = cli.absolute_path(_DATABASE.value)
+  if query is not None:
+    check_query(query)
   searcher = searcher_lib.Searcher.from_workdir(workdir, database=database)
   found = answers(searcher, query, _QUERY_INDEX.value, _TOPK.value)
   print(json.dumps(found, indent=1) if _JSON.value else format_text(found))

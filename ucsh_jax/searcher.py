@@ -5,12 +5,12 @@
   for hits in searcher.search(codes_QxK, k=10): ...       # [{"id", "distance", "label", "path"}]
 
 The model is rebuilt from the run's recorded config and restored from its latest checkpoint on
-the first encoding (a search by `query_codes(n)`, the n-th query of the run's own split, reads
+the first encoding (a search by `run_query(n)`, the n-th query of the run's own split, reads
 the codes that `--mode=encode` wrote and needs no model). Every encoding goes through one
 jitted forward pass at a fixed batch of `batch_size` rows (inputs padded), so it compiles once.
 """
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import dataclasses
 import hashlib
@@ -218,24 +218,22 @@ class Searcher:
     self.check_features(features_NxD.shape, "the query features")
     return self._encode(features_NxD)
 
-  def query_codes(self, n: int) -> np.ndarray:
-    """(1, bits) int8: the code of the n-th query of the run's query split, from codes.npz."""
+  def run_query(self, n: int) -> Tuple[Dict[str, Any], np.ndarray]:
+    """The n-th query of the run's query split: (its "query" object for a search answer,
+    its code (1, bits) int8 as `--mode=encode` wrote it to codes.npz)."""
     num_query = len(self.run.splits.query)
     if not 0 <= n < num_query:
-      raise errors.UserError(f"--query_index={n} is outside the run's {num_query} queries "
+      raise errors.UserError(f"query index {n} is outside the run's {num_query} queries "
                              f"(0..{num_query - 1})")
+    item = int(self.run.splits.query[n])
     codes = load_codes(self.run.workdir)
-    if "query_ids" in codes and int(codes["query_ids"][n]) != int(self.run.splits.query[n]):
+    if "query_ids" in codes and int(codes["query_ids"][n]) != item:
       raise errors.UserError(f"{self.run.workdir}/codes.npz does not match the run's splits",
                              hint=_ENCODE_HINT)
-    return np.asarray(codes["query_codes"][n:n + 1], np.int8)
-
-  def query_description(self, n: int) -> Dict[str, Any]:
-    """The n-th query of the run's query split as the "query" object of a search answer."""
-    item = int(self.run.splits.query[n])
-    return {"name": f"query {n} of the run", "id": item,
-            "label": label_value(self.run.source.labels, item),
-            "path": item_path(self.run.source, item)}
+    description = {"name": f"query {n} of the run", "id": item,
+                   "label": label_value(self.run.source.labels, item),
+                   "path": item_path(self.run.source, item)}
+    return description, np.asarray(codes["query_codes"][n:n + 1], np.int8)
 
   def search(self, codes_QxK: np.ndarray, k: int) -> List[List[Dict[str, Any]]]:
     """Per query, the k nearest items of the collection: [{"id", "distance", "label", "path"}].
