@@ -15,15 +15,18 @@ from ml_collections import config_flags
 from ucsh_jax import cli
 from ucsh_jax import distributed
 from ucsh_jax import errors
+from ucsh_jax import extract
 from ucsh_jax import run_record
 from ucsh_jax import train
 from ucsh_jax import workdir_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, splits, logs and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "encode"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "encode", "features"],
                   "train: train (resuming) then evaluate; eval: score the latest checkpoint; "
-                  "encode: also write the query/database codes to WORKDIR/codes.npz.")
+                  "encode: also write the query/database codes to WORKDIR/codes.npz and the "
+                  "database index; features: write the eval-mode features of every item to "
+                  "WORKDIR/features.npz (from the latest checkpoint, else the initial weights).")
 config_flags.DEFINE_config_file("config", "configs/digits.py", "Config file.",
                                 lock_config=True)
 flags.DEFINE_string("coordinator_address", None,
@@ -51,6 +54,9 @@ def main(argv):
       if jax.process_index() == 0:
         run_record.check_or_write(config, workdir, config_file)
       train.train_and_evaluate(config, workdir)
+    elif FLAGS.mode == "features":
+      run_record.check(config, workdir)
+      logging.info("Features written to %s.", extract.extract_features(config, workdir))
     else:
       run_record.check(config, workdir)
       train.evaluate_checkpoint(config, workdir, write_codes=FLAGS.mode == "encode")
