@@ -23,6 +23,13 @@ zone="${2:?$usage}"
 config="${3:?$usage}"
 workdir="${4:?$usage}"
 shift 4
+# The workers run in their own checkout on other machines: a relative workdir would name a
+# different local folder on each. Give a path every worker mounts.
+case "$workdir" in
+  /*|gs://*) ;;
+  *) echo "error: WORKDIR must be absolute (a file system every worker mounts), got '$workdir'" >&2
+     exit 2 ;;
+esac
 repo="${UCSH_REPO:-~/ucsh-jax}"
 args=$(printf ' %q' "--config=$config" "--workdir=$workdir" "$@")
 gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command \
