@@ -30,6 +30,7 @@ Example:
 """
 
 import concurrent.futures
+import functools
 import os
 import struct
 import zlib
@@ -97,18 +98,23 @@ def _words(packed: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(packed).view(f"u{size}")
 
 
+@functools.partial(jax.jit, static_argnames="dtype")
+def _distance_kernel(query_words, db_words, dtype):
+  """(b, w) and (w, c) words -> (b, c) Hamming distances of `dtype`, in one fused pass."""
+  dist = jnp.zeros((query_words.shape[0], db_words.shape[1]), dtype)
+  for w in range(query_words.shape[1]):
+    xor = query_words[:, w, None] ^ db_words[w][None, :]
+    dist = dist + lax.population_count(xor).astype(dtype)
+  return dist
+
+
 @jax.jit
 def _within_kernel(query_words, db_words, limit):
-  """(b, w) and (c, w) words, (b,) limits -> (b, c) bool: Hamming distance < limit.
+  """(b, w) and (w, c) words, (b,) limits -> (b, c) bool: Hamming distance < limit.
 
-  One fused pass (XOR, popcount, sum over the words, compare); the distances are summed in
-  the dtype of `limit`, which must hold bits + 1.
+  `limit`'s dtype must hold bits + 1; the distances are summed in it.
   """
-  dist = jnp.zeros((query_words.shape[0], db_words.shape[0]), limit.dtype)
-  for w in range(query_words.shape[1]):
-    xor = query_words[:, w, None] ^ db_words[None, :, w]
-    dist = dist + lax.population_count(xor).astype(limit.dtype)
-  return dist < limit[:, None]
+  return _distance_kernel(query_words, db_words, limit.dtype) < limit[:, None]
 
 
 def _pair_distances(query_words: np.ndarray, db_words: np.ndarray) -> np.ndarray:
@@ -124,14 +130,33 @@ class _Scan:
   """
 
   def __init__(self, query_words: np.ndarray, db_words: np.ndarray, bits: int):
-    self.num_queries, self.num_db = len(query_words), len(db_words)
+    self.num_queries, self.num_db, self.bits = len(query_words), len(db_words), bits
     rows = 1 << (self.num_queries - 1).bit_length()
-    self.chunk = max(1, _BLOCK_SIZE // rows)
+    self.chunk = max(1, min(_BLOCK_SIZE // rows, 1 << (self.num_db - 1).bit_length()))
     self.query_words, self.db_words = query_words, db_words
     padded = np.zeros((rows, query_words.shape[1]), query_words.dtype)
     padded[:self.num_queries] = query_words
     self.device_queries = jax.device_put(padded, jax.devices("cpu")[0])
     self.limit = np.zeros(rows, np.uint8 if bits < 256 else np.uint16)
+
+  def _chunk_words(self, start: int) -> np.ndarray:
+    """(w, chunk) database words from `start` (word-major), zero padded past the end."""
+    words = self.db_words[start:start + self.chunk]
+    out = np.zeros((words.shape[1], self.chunk), words.dtype)
+    out[:, :len(words)] = words.T
+    return out
+
+  def first_thresholds(self, k: int) -> np.ndarray:
+    """(num_queries,) int64 k-th smallest distance of each query in the first items.
+
+    An upper bound of the k-th smallest over the whole database; `bits` where the first
+    chunk has fewer than k items. Only the first max(4096, 16 k) items of a long chunk count.
+    """
+    size = min(self.chunk, self.num_db, max(4096, 16 * k))
+    dist = np.asarray(_distance_kernel(self.device_queries, self._chunk_words(0),
+                                       self.limit.dtype))[:self.num_queries, :size]
+    rows = np.repeat(np.arange(self.num_queries), size)
+    return _kth_distance(rows, dist.ravel().astype(np.int64), self.num_queries, k, self.bits)
 
   def candidates(self, start: int, thresh: np.ndarray
                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,12 +170,9 @@ class _Scan:
       The items found in (row, position) order: row in the block, database position and
       Hamming distance of each.
     """
-    words = self.db_words[start:start + self.chunk]
-    if len(words) < self.chunk:
-      words = np.concatenate([words, np.zeros((self.chunk - len(words), words.shape[1]),
-                                              words.dtype)])
     self.limit[:self.num_queries] = thresh + 1
-    mask = np.asarray(_within_kernel(self.device_queries, words, self.limit))
+    mask = np.asarray(_within_kernel(self.device_queries, self._chunk_words(start),
+                                     self.limit))
     rows, pos = np.divmod(np.flatnonzero(mask), self.chunk)
     pos += start
     if start + self.chunk > self.num_db:
@@ -180,8 +202,9 @@ def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, k: int,
                  bits: int) -> Tuple[np.ndarray, np.ndarray]:
   """Exact top-k of a block of queries over the whole database.
 
-  Each query's threshold starts at `bits` and drops to the k-th smallest distance among the
-  candidates found so far, so later chunks yield only the items that can still rank.
+  Each query's threshold starts at its k-th smallest distance in the first chunk and drops
+  to the k-th smallest among the candidates found so far, so that each chunk yields only the
+  items that can still rank.
 
   Args:
     query_words: (b, w) query words.
@@ -196,11 +219,11 @@ def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, k: int,
   b, n = scan.num_queries, scan.num_db
   kept = [np.empty(0, np.int64)] * 3  # rows, positions, distances of the candidates
   pending, num_pending = [], 0
-  thresh = np.full(b, bits, np.int64)
+  thresh = scan.first_thresholds(k)
   for start in range(0, n, scan.chunk):
     pending.append(scan.candidates(start, thresh))
     num_pending += len(pending[-1][0])
-    if num_pending > 2 * b * k or start == 0 or start + scan.chunk >= n:
+    if num_pending > 2 * b * k or start + scan.chunk >= n:
       kept = [np.concatenate(parts) for parts in zip(kept, *pending)]
       pending, num_pending = [], 0
       thresh = _kth_distance(kept[0], kept[2], b, k, bits)
@@ -450,8 +473,9 @@ class HammingIndex:
         (`IndexBinaryHash`) or "ivf" (`IndexBinaryIVF` over an `IndexBinaryFlat` quantizer).
       **params: for "hash", `b` (bits of the code prefix used as the hash key, default
         min(bits, 16)) and `nflip` (bits flipped when probing at search, default 2); for
-        "ivf", `nlist` (lists, default min(ntotal / 39, 4 sqrt(ntotal)), at least 1) and
-        `nprobe` (lists probed at search, default 16). "hash" and "ivf" are approximate.
+        "ivf", `nlist` (lists, default min(ntotal / 39, sqrt(ntotal)), at least 1; trained on
+        at most 64 codes per list, drawn with a fixed seed) and `nprobe` (lists probed at
+        search, default 16). "hash" and "ivf" are approximate.
 
     Returns:
       The faiss index; query it with `np.packbits(query_codes > 0, axis=1)`. Its ids are
@@ -470,10 +494,11 @@ class HammingIndex:
     elif kind == "ivf":
       if not self.ntotal:
         raise errors.UserError("an IVF index is trained on the codes: add codes first")
-      nlist = take("nlist", max(1, min(self.ntotal // 39, int(4 * np.sqrt(self.ntotal)))))
+      nlist = take("nlist", max(1, min(self.ntotal // 39, int(np.sqrt(self.ntotal)))))
       index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(self.bits), self.bits, nlist)
       index.nprobe = take("nprobe", 16)
-      index.train(self.packed)
+      sample = np.random.default_rng(0).permutation(self.ntotal)[:64 * nlist]
+      index.train(self.packed[np.sort(sample)])
     else:
       raise errors.UserError(f"unknown faiss index kind {kind!r}; use flat, hash or ivf")
     if params:
