@@ -23,17 +23,21 @@ from ucsh_jax import cli
 from ucsh_jax import errors
 from ucsh_jax import searcher as searcher_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (trained, then encoded).")
-_QUERY = flags.DEFINE_string("query", None,
-                             "An image file, a folder of images or a features .npz.")
-_QUERY_INDEX = flags.DEFINE_integer("query_index", None,
-                                    "Search with the N-th query of the run's own query split.")
-_TOPK = flags.DEFINE_integer("topk", 10, "Results per query.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON list of {query, results} objects.")
-_DATABASE = flags.DEFINE_string(
-    "database", None, "Search this folder of images or features .npz instead of the run's "
-    "database (encoded once, cached in WORKDIR/search_cache/).")
-flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when it runs, so that importing this module is free)."""
+  flags.DEFINE_string("workdir", None, "The run's directory (trained, then encoded).")
+  flags.DEFINE_string("query", None, "An image file, a folder of images or a features .npz.")
+  flags.DEFINE_integer("query_index", None,
+                       "Search with the N-th query of the run's own query split.")
+  flags.DEFINE_integer("topk", 10, "Results per query.")
+  flags.DEFINE_bool("json", False, "Print one JSON list of {query, results} objects.")
+  flags.DEFINE_string("database", None,
+                      "Search this folder of images or features .npz instead of the run's "
+                      "database (encoded once, cached in WORKDIR/search_cache/).")
+  flags.mark_flags_as_required(["workdir"])
 
 # Query images encoded per forward pass batch group (bounded memory for large folders).
 _QUERY_CHUNK = 64
@@ -106,15 +110,16 @@ def format_text(found: Sequence[Dict[str, Any]]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-  workdir = cli.absolute_path(_WORKDIR.value)
-  query = cli.absolute_path(_QUERY.value)
-  database = cli.absolute_path(_DATABASE.value)
+  workdir = cli.absolute_path(FLAGS.workdir)
+  query = cli.absolute_path(FLAGS.query)
+  database = cli.absolute_path(FLAGS.database)
   if query is not None:
     check_query(query)
   searcher = searcher_lib.Searcher.from_workdir(workdir, database=database)
-  found = answers(searcher, query, _QUERY_INDEX.value, _TOPK.value)
-  print(json.dumps(found, indent=1) if _JSON.value else format_text(found))
+  found = answers(searcher, query, FLAGS.query_index, FLAGS.topk)
+  print(json.dumps(found, indent=1) if FLAGS.json else format_text(found))
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

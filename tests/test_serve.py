@@ -1,0 +1,213 @@
+"""`python -m ucsh_jax.serve` over loopback on a tiny image-folder run: uploads, refusals,
+thumbnails by id only, the page in headless Chromium."""
+
+import http.client
+import io
+import json
+import os
+import selectors
+import struct
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+
+import numpy as np
+import PIL.Image
+import pytest
+
+import tiny_runs
+from ucsh_jax import search
+from ucsh_jax import searcher as searcher_lib
+from ucsh_jax import serve
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("serve")
+  tiny_runs.image_folder_run(str(root / "images"), str(root / "run"))
+  return root
+
+
+def _wait_for_url(process, log_path, timeout_s=300):
+  """The URL that `serve` prints once it listens (it compiles the model first)."""
+  selector = selectors.DefaultSelector()
+  selector.register(process.stdout, selectors.EVENT_READ)
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    if selector.select(timeout=1.0):
+      line = process.stdout.readline()
+      if not line:
+        break
+      if line.startswith("serving "):
+        return line.split(" on ")[-1].strip()
+  process.kill()
+  with open(log_path) as f:
+    raise AssertionError(f"serve did not start:\n{f.read()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(run):
+  log_path = run / "serve.log"
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ucsh_jax.serve", f"--workdir={run / 'run'}", "--port=0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
+  try:
+    url = _wait_for_url(process, log_path)
+    yield url
+  finally:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _request(url, method, path, body=None, headers=None):
+  """(status, content type, body bytes) of one request; `path` is sent exactly as given."""
+  host, port = url.split("//")[1].rstrip("/").split(":")
+  connection = http.client.HTTPConnection(host, int(port), timeout=120)
+  try:
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    return response.status, response.getheader("Content-Type"), response.read()
+  finally:
+    connection.close()
+
+
+def _upload(url, data, filename="query.jpg", path="/api/search", field="image"):
+  boundary = uuid.uuid4().hex
+  body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+          f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+  body += data + f"\r\n--{boundary}--\r\n".encode()
+  return _request(url, "POST", path, body,
+                  {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def _json(response):
+  status, content_type, body = response
+  assert content_type == "application/json", (status, body[:300])
+  return status, json.loads(body)
+
+
+def _png_header(width, height):
+  """A valid PNG signature and header announcing width x height pixels, with no pixel data."""
+  def chunk(kind, payload):
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(kind + payload)))
+  header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+          + chunk(b"IEND", b""))
+
+
+def test_listens_on_loopback_and_answers_an_uploaded_jpeg_like_search(run, server):
+  assert server.startswith("http://127.0.0.1:")
+  jpeg = run / "images" / "green" / "3.jpg"
+  status, found = _json(_upload(server, jpeg.read_bytes(), "3.jpg", "/api/search?topk=4"))
+  assert status == 200
+  (answer,) = found
+  assert answer["query"] == {"name": "3.jpg", "id": None, "label": None, "path": None}
+  # The same results as `search --query=FILE --json` (computed here in-process).
+  (expected,) = search.answers(searcher_lib.Searcher.from_workdir(str(run / "run")), str(jpeg),
+                               None, 4)
+  assert answer["results"] == expected["results"]
+  assert all(hit["path"].startswith(str(run / "images")) for hit in answer["results"])
+
+  status, found = _json(_request(server, "POST", "/api/search?query_index=2&topk=3"))
+  assert status == 200 and len(found[0]["results"]) == 3
+  codes = np.load(run / "run" / "codes.npz")
+  assert found[0]["query"]["id"] == int(codes["query_ids"][2])
+
+
+@pytest.mark.parametrize("name, data, status, message", [
+    ("not an image", b"%PDF-1.4 certainly not pixels", 400, "not an image"),
+    ("truncated jpeg", None, 400, "cannot be decoded"),
+    ("empty", b"", 400, "empty"),
+    ("bomb by header", _png_header(8000, 6000), 413, "8000 x 6000 pixels"),
+    ("bomb beyond PIL's limit", _png_header(100_000, 100_000), 413, "too many pixels"),
+])
+def test_bad_uploads_are_refused_and_the_server_keeps_answering(run, server, name, data,
+                                                                status, message):
+  if data is None:
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(noise).save(buffer, format="JPEG")
+    data = buffer.getvalue()[:len(buffer.getvalue()) // 2]
+  got, answer = _json(_upload(server, data))
+  assert got == status and message in answer["error"], (name, answer)
+  ok, found = _json(_upload(server, (run / "images" / "red" / "5.jpg").read_bytes()))
+  assert ok == 200 and found[0]["results"]
+
+
+def test_oversize_upload_and_bad_parameters_are_4xx_json(run, server):
+  status, answer = _json(_upload(server, b"\xff" * (serve.MAX_UPLOAD_BYTES + 1024)))
+  assert status == 413 and "Too Large" in answer["error"]
+  jpeg = (run / "images" / "blue" / "1.jpg").read_bytes()
+  for query in ("topk=0", "topk=abc", f"topk={serve.MAX_TOPK + 1}"):
+    status, answer = _json(_upload(server, jpeg, path=f"/api/search?{query}"))
+    assert status == 400 and "topk" in answer["error"]
+  status, answer = _json(_request(server, "POST", "/api/search?query_index=8"))
+  assert status == 400 and "0 to 7" in answer["error"]
+  status, answer = _json(_request(server, "POST", "/api/search"))
+  assert status == 400 and "'image'" in answer["error"]
+  status, answer = _json(_request(server, "GET", "/api/search"))
+  assert status == 405
+  status, found = _json(_upload(server, jpeg))
+  assert status == 200 and found[0]["results"]
+
+
+def test_images_only_by_id_of_the_runs_data_set(run, server):
+  status, content_type, body = _request(server, "GET", "/image/5")
+  assert (status, content_type) == (200, "image/png")
+  thumb = np.asarray(PIL.Image.open(io.BytesIO(body)))
+  assert thumb.shape == (72, 96, 3)  # The 24x32 picture, longest side 96.
+  for path in ("/image/../../../../etc/passwd", "/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+               "/image/..%2frun.json", f"/image/{run}/run/run.json", "/image/-1",
+               "/image/108", "/image/5.0", "/../run.json", "/static/../../run.json"):
+    status, answer = _json(_request(server, "GET", path))
+    assert status == 404, path
+    assert "root:" not in answer["error"] and "config" not in answer["error"]
+  status, content_type, _ = _request(server, "GET", "/image/107")
+  assert status == 200
+
+
+def test_page_upload_form_and_query_results_render_in_chromium(run, server, tmp_path):
+  status, content_type, body = _request(server, "GET", "/")
+  assert status == 200 and content_type.startswith("text/html")
+  assert b'enctype="multipart/form-data"' in body and b'name="image"' in body
+  status, _, body = _upload(server, (run / "images" / "red" / "2.jpg").read_bytes(),
+                            "<b>2</b>.jpg", path="/")
+  assert status == 200 and b"Results for &lt;b&gt;2&lt;/b&gt;.jpg" in body
+  assert body.count(b'src="/image/') >= 10 + 8  # 10 results and the 8 queries to pick from.
+  status, _, body = _upload(server, b"no image", path="/")
+  assert status == 400 and b"not an image" in body
+
+  shot = tmp_path / "page.png"
+  subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                  f"--screenshot={shot}", "--window-size=1000,900", f"{server}?query_index=1"],
+                 capture_output=True, timeout=120, check=True)
+  pixels = np.asarray(PIL.Image.open(shot).convert("RGB")).astype(np.int32)
+  assert pixels.shape == (900, 1000, 3)
+  # The thumbnails' coloured squares (text and frames are grey, black or thin link blue).
+  coloured = (pixels.max(-1) - pixels.min(-1)) > 120
+  assert coloured.mean() > 0.02, coloured.mean()
+
+
+def test_in_process_app_compiles_once_and_decodes_by_header_first(run):
+  searcher = searcher_lib.Searcher.from_workdir(str(run / "run"))
+  service = serve.Service(searcher, topk=5, max_pixels=serve.MAX_PIXELS)
+  service.warm_up()
+  client = serve.create_app(service).test_client()
+  for name in ("red/1.jpg", "blue/2.jpg", "green/3.jpg"):
+    data = (run / "images" / name).read_bytes()
+    response = client.post("/api/search", data={"image": (io.BytesIO(data), name)})
+    assert response.status_code == 200 and len(response.get_json()[0]["results"]) == 5
+  assert searcher._forward._cache_size() == 1
+  with pytest.raises(serve.BadRequest, match="more than the 1,000 accepted"):
+    serve.decode_upload(_png_header(40, 30), max_pixels=1000)
+  image = serve.decode_upload((run / "images" / "red" / "1.jpg").read_bytes())
+  assert image.shape == (24, 32, 3) and image.dtype == np.uint8

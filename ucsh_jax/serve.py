@@ -1,0 +1,274 @@
+"""A local search page for a trained run: `python -m ucsh_jax.serve --workdir=W [--port=8765]`.
+
+  GET  /                    the page: upload an image or pick one of the run's queries
+  GET  /?query_index=N      the page with the results of the run's N-th query
+  POST /api/search?topk=K   multipart field `image` (or query parameter `query_index`): the
+                            JSON list that `python -m ucsh_jax.search --json` prints
+  GET  /image/ID            PNG thumbnail of item ID of the run's data set (nothing else)
+
+It listens on 127.0.0.1 unless `--host` says otherwise, compiles the model once at start-up and
+refuses what a public service would, with a 4xx and JSON `{"error": ...}`: an upload over
+MAX_UPLOAD_BYTES, a file that is not an image, an image of more than MAX_PIXELS pixels (checked
+from its header, before decoding). Images are looked up by id in the run's data set, never by a
+path from the request.
+"""
+
+import io
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+from absl import flags
+import flask
+import numpy as np
+import PIL.Image
+from werkzeug import exceptions
+from werkzeug import serving
+
+from ucsh_jax import cli
+from ucsh_jax import errors
+from ucsh_jax import searcher as searcher_lib
+from ucsh_jax import thumbnails
+
+MAX_UPLOAD_BYTES = 16 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # About 7,700 x 5,200: larger than any camera image, far from a bomb.
+MAX_TOPK = 1000
+_QUERY_STRIP = 12  # Queries of the run shown as thumbnails to pick from.
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when it runs, so that importing this module is free)."""
+  flags.DEFINE_string("workdir", None, "The run's directory (trained, then encoded).")
+  flags.DEFINE_integer("port", 8765, "TCP port (0: any free port, printed at start-up).")
+  flags.DEFINE_string("host", "127.0.0.1",
+                      "Interface to listen on; 0.0.0.0 exposes the page to the network.")
+  flags.DEFINE_integer("topk", 10, "Results per query unless a request asks otherwise.")
+  flags.mark_flags_as_required(["workdir"])
+
+
+class BadRequest(Exception):
+  """A request refused with `status` and a message for the JSON `{"error": ...}`."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+
+
+def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """Uploaded bytes -> uint8 RGB (H, W, 3); BadRequest 400 (not an image) or 413 (too many
+  pixels, read from the header before anything is decoded)."""
+  if not data:
+    raise BadRequest(400, "the upload is empty: send an image file in the field 'image'")
+  try:
+    image = PIL.Image.open(io.BytesIO(data))
+  except PIL.Image.DecompressionBombError as e:
+    raise BadRequest(413, f"the image has too many pixels ({e})") from e
+  except (OSError, ValueError, SyntaxError, EOFError) as e:
+    raise BadRequest(400, "the upload is not an image that can be read") from e
+  with image:
+    width, height = image.size
+    if width * height > max_pixels:
+      raise BadRequest(413, f"the image is {width} x {height} pixels, more than the "
+                            f"{max_pixels:,} accepted")
+    try:
+      return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+      raise BadRequest(400, f"the image cannot be decoded: {type(e).__name__}") from e
+
+
+def _topk(value: Optional[str], default: int) -> int:
+  if value in (None, ""):
+    return default
+  if not value.isdigit() or not 1 <= int(value) <= MAX_TOPK:
+    raise BadRequest(400, f"topk must be an integer from 1 to {MAX_TOPK}, got {value!r}")
+  return int(value)
+
+
+def _query_index(value: str, num_query: int) -> int:
+  if not value.isdigit() or int(value) >= num_query:
+    raise BadRequest(400, f"query_index must be an integer from 0 to {num_query - 1}, "
+                          f"got {value!r}")
+  return int(value)
+
+
+class Service:
+  """The searches behind the page and the API, one at a time (a lock around the model)."""
+
+  def __init__(self, searcher: searcher_lib.Searcher, *, topk: int, max_pixels: int):
+    self.searcher, self.topk, self.max_pixels = searcher, topk, max_pixels
+    self.lock = threading.Lock()
+    self.source = searcher.collection.source
+    self.pixels = thumbnails.has_pixels(self.source)
+
+  def warm_up(self) -> None:
+    """Restores the parameters and compiles the forward pass before the first request."""
+    if self.searcher.kind == "image":
+      size = self.searcher.run.config.data.image_size
+      self.searcher.encode_images([np.zeros((size, size, 3), np.uint8)])
+    else:
+      self.searcher.encode_features(np.zeros((1, self.searcher.input_dim), np.float32))
+
+  def answer(self, request: flask.Request) -> List[Dict[str, Any]]:
+    """The search answer to an upload (`image`) or a `query_index`, as `search --json`."""
+    topk = _topk(request.args.get("topk") or request.form.get("topk"), self.topk)
+    index = request.args.get("query_index") or request.form.get("query_index")
+    upload = request.files.get("image")
+    if upload is not None and upload.filename:
+      pixels = decode_upload(upload.read(), self.max_pixels)
+      query = {"name": upload.filename, "id": None, "label": None, "path": None}
+      with self.lock:
+        codes = self.searcher.encode_images([pixels])
+    elif index not in (None, ""):
+      n = _query_index(index, len(self.searcher.run.splits.query))
+      query, codes = self.searcher.run_query(n)
+    else:
+      raise BadRequest(400, "send an image file in the field 'image' or a query_index")
+    with self.lock:
+      hits = self.searcher.search(codes, topk)[0]
+    return [{"query": query, "results": hits}]
+
+  def thumbnail_png(self, item: int) -> bytes:
+    if not self.pixels:
+      raise BadRequest(404, "this run's data set holds feature vectors: no images to show")
+    if not 0 <= item < len(self.source):
+      raise BadRequest(404, f"no item {item}: the data set has {len(self.source)} items")
+    return thumbnails.png_bytes(thumbnails.thumbnail(self.source, item))
+
+  def label_text(self, label: Any) -> str:
+    """A label for the page, with the class name when the data set has one."""
+    if label is None:
+      return "-"
+    names = getattr(self.source, "class_names", None)
+    values = label if isinstance(label, list) else [label]
+    return ", ".join(f"{v} ({names[v]})" if names else str(v) for v in values)
+
+
+def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> flask.Flask:
+  """The Flask app of the page, the API and the thumbnails of `service`'s run."""
+  searcher = service.searcher
+  app = flask.Flask(__name__)
+  app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+
+  def page(found: Optional[List[Dict[str, Any]]], error: Optional[str], status: int):
+    queries = searcher.run.splits.query
+    strip = [(n, int(queries[n])) for n in range(min(_QUERY_STRIP, len(queries)))]
+    html = flask.render_template_string(
+        _PAGE, found=found, error=error, strip=strip, num_query=len(queries),
+        pixels=service.pixels, label_text=service.label_text, topk=service.topk,
+        workdir=searcher.run.workdir, kind=searcher.kind)
+    return html, status
+
+  @app.get("/")
+  def index_page():
+    if request_has_query():
+      return search_page()
+    return page(None, None, 200)
+
+  @app.post("/")
+  def search_page():
+    try:
+      return page(service.answer(flask.request), None, 200)
+    except BadRequest as e:
+      return page(None, str(e), e.status)
+    except errors.UserError as e:
+      return page(None, str(e), 400)
+
+  def request_has_query() -> bool:
+    return flask.request.args.get("query_index") not in (None, "")
+
+  @app.post("/api/search")
+  def api_search():
+    return flask.jsonify(service.answer(flask.request))
+
+  @app.get("/image/<int:item>")
+  def image(item: int):
+    response = flask.Response(service.thumbnail_png(item), mimetype="image/png")
+    response.headers["Cache-Control"] = "max-age=3600"
+    return response
+
+  @app.errorhandler(BadRequest)
+  def bad_request(e: BadRequest):
+    return flask.jsonify(error=str(e)), e.status
+
+  @app.errorhandler(errors.UserError)
+  def user_error(e: errors.UserError):
+    return flask.jsonify(error=str(e)), 400
+
+  @app.errorhandler(exceptions.HTTPException)
+  def http_error(e: exceptions.HTTPException):
+    return flask.jsonify(error=f"{e.name}: {e.description}"), e.code
+
+  return app
+
+
+def serve(app: flask.Flask, host: str, port: int) -> Tuple[Any, str]:
+  """A threaded WSGI server for `app` (not started) and its URL."""
+  server = serving.make_server(host, port, app, threaded=True)
+  return server, f"http://{host}:{server.port}/"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Also guards every decode in this process.
+  workdir = cli.absolute_path(FLAGS.workdir)
+  service = Service(searcher_lib.Searcher.from_workdir(workdir), topk=FLAGS.topk,
+                    max_pixels=MAX_PIXELS)
+  service.warm_up()
+  server, url = serve(create_app(service), FLAGS.host, FLAGS.port)
+  print(f"serving {workdir} on {url}", flush=True)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>UCSH search</title>
+<style>
+ body { font-family: sans-serif; margin: 1.5em; background: #fafafa; color: #222; }
+ h1 { font-size: 1.3em; } .muted { color: #666; font-size: 0.9em; }
+ .error { background: #fdd; border: 1px solid #c66; padding: 0.5em; }
+ .grid { display: flex; flex-wrap: wrap; gap: 10px; }
+ figure { margin: 0; padding: 6px; background: #fff; border: 1px solid #ddd; width: 110px; }
+ figure img { width: 96px; height: 96px; object-fit: contain; background: #eee;
+              image-rendering: pixelated; display: block; }
+ figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
+ .query { border-color: #36c; }
+</style></head><body>
+<h1>UCSH search</h1>
+<p class="muted">{{ workdir }}</p>
+<form method="post" action="/" enctype="multipart/form-data">
+ {% if kind == "image" %}<label>Image <input type="file" name="image" accept="image/*"></label>{% endif %}
+ <label>or query <input type="number" name="query_index" min="0" max="{{ num_query - 1 }}"
+   placeholder="0..{{ num_query - 1 }}"></label>
+ <label>top <input type="number" name="topk" min="1" value="{{ topk }}" style="width:4em"></label>
+ <button type="submit">Search</button>
+</form>
+{% if pixels %}<p class="muted">Queries of the run:</p><div class="grid">
+ {% for n, item in strip %}<a href="/?query_index={{ n }}"><figure><img src="/image/{{ item }}"
+   alt="query {{ n }}"><figcaption>query {{ n }}</figcaption></figure></a>{% endfor %}
+</div>{% endif %}
+{% if error %}<p class="error">{{ error }}</p>{% endif %}
+{% for answer in found or [] %}
+ <h2>Results for {{ answer.query.name }}</h2>
+ <div class="grid">
+ {% if pixels and answer.query.id is not none %}<figure class="query"><img
+   src="/image/{{ answer.query.id }}" alt="query"><figcaption>query, label
+   {{ label_text(answer.query.label) }}</figcaption></figure>{% endif %}
+ {% for hit in answer.results %}<figure>{% if pixels %}<img src="/image/{{ hit.id }}"
+   alt="item {{ hit.id }}">{% endif %}<figcaption>#{{ loop.index }} id {{ hit.id }}<br>
+   distance {{ hit.distance }}<br>label {{ label_text(hit.label) }}
+   {% if hit.path %}<br>{{ hit.path.rsplit("/", 1)[-1] }}{% endif %}</figcaption></figure>
+ {% endfor %}</div>
+{% endfor %}
+</body></html>
+"""
+
+
+if __name__ == "__main__":
+  define_flags()
+  cli.run(main)
