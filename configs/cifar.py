@@ -25,7 +25,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.alpha = 1e-3  # Weight of the binary-latent VAE loss L_V.
   config.loss.beta = 10.0  # Weight of the clustering loss L_C.
   config.loss.gamma = 1e-2  # Weight of the similarity separating loss L_S.
-  config.loss.reduction = "mean"  # "mean" (scale-free) or "sum" (the paper's literal sums).
+  # "paper": the terms are means over the global batch weighted so that the objective equals
+  # eq. 7's literal sums at batch loss.reference_batch up to one positive factor (at every code
+  # length and device count); "mean": alpha, beta, gamma weight the per-term means directly.
+  config.loss.balance = "paper"
+  config.loss.reference_batch = 24  # The batch whose literal-sum balance "paper" keeps.
+
+  config.similarity = ml_collections.ConfigDict()
+  # Targets S of L_2: "cosine" (S = 2 cos - 1, the paper), "neighbours" (+1 for the
+  # num_neighbours nearest training images by cosine, symmetrised, else -1) or "ssdh"
+  # (+1 / 0 / -1 from SSDH's two thresholds, 0 ignored).
+  config.similarity.target = "cosine"
+  config.similarity.num_neighbours = 0  # m for "neighbours"; 0 = a tenth of the training set.
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"  # "adam" or "sgd" (with momentum); the paper names none.
@@ -34,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.decay_factor = 0.1
   config.optimizer.momentum = 0.9  # Used by "sgd" only.
   config.optimizer.weight_decay = 0.0  # Decoupled weight decay (0 disables it).
+  # Learning-rate multiplier of the parameters that produce the features (VGG16 or model.top).
+  config.optimizer.feature_lr_scale = 1.0
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = "vgg16"  # "vgg16", or "none": hash the flattened pixels directly.
@@ -42,6 +55,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pooled_size = 7  # Adaptive average pool size before fc6 (7 in VGG16).
   config.model.decoder_hidden = 1024  # Hidden width of the VAE decoder.
   config.model.dropout_rate = 0.5
+  # Without the VGG16 (feature files, backbone "none"): "fc" puts a trainable relu(W x + b),
+  # W = I at the start, between the inputs and the hash layer (the role of fc7); "none" hashes
+  # the inputs themselves.
+  config.model.top = "none"
+  config.model.hash_init = "random"  # "random", or "itq": the hash layer starts as ITQ.
+  config.model.code_activation = "sign"  # "sign" (straight-through) or "tanh" (as UCSH-R).
   config.model.dtype = "float32"  # Computation dtype: "float32" or "bfloat16" (params stay f32).
 
   config.data = ml_collections.ConfigDict()
@@ -59,6 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.threshold_samples = 2000  # Training features used to estimate the threshold s_t.
   config.kmeans_iters = 20  # Lloyd iterations per epoch (warm-started).
+  config.kmeans_inits = 10  # Greedy k-means++ restarts of the first epoch (later: warm start).
+  config.kmeans_metric = "euclidean"  # "euclidean", or "cosine" (spherical k-means).
 
   config.eval = ml_collections.ConfigDict()
   config.eval.topk = 5000  # MAP@topk; -1 = the whole database.
@@ -66,6 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 96  # Global batch for feature extraction and encoding.
 
   config.log_every_steps = 50
-  config.checkpoint_every_steps = 500  # Also saved at the end of every epoch.
+  config.checkpoint_every_steps = 500  # Also saved every checkpoint_every_epochs and at the end.
+  config.checkpoint_every_epochs = 1
   config.checkpoints_to_keep = 2
   return config

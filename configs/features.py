@@ -1,10 +1,18 @@
-"""Precomputed features: the backbone is skipped; the hash layer and decoder train on vectors.
+"""Precomputed features: a trainable top (the role of fc7) and the hash layer train on vectors.
 
   python -m ucsh_jax.main --config=configs/features.py --workdir=runs/feats \
       --config.data.path=/data/cifar_fc7.npz
 
 The `.npz` holds `features` (n, d) float and `labels` (n,) ints or (n, c) multi-hot, and
 optionally `query_idx`, `database_idx`, `train_idx` (then those splits are used).
+
+What this config changes from the paper's method, each a named option (README, "Fixed
+features"): the hash layer starts as ITQ of the training features (`model.hash_init`), a
+trainable top relu(W x + b) with W = I adapts the features at a tenth of the learning rate
+(`model.top`, `optimizer.feature_lr_scale`), L_2's targets are cosine neighbour ranks
+recomputed every epoch from the top's eval-mode output (`similarity.target`), and the
+clustering term is off (`loss.beta = 0`). `--config.similarity.target=cosine
+--config.loss.beta=10` gives the paper's objective on the same network.
 """
 
 from configs import cifar
@@ -12,12 +20,20 @@ from configs import cifar
 
 def get_config():
   config = cifar.get_config()
-  config.num_epochs = 20
+  config.num_epochs = 60
   config.batch_size = 256
   config.optimizer.learning_rate = 1e-3
-  config.optimizer.decay_every_epochs = 15
+  config.optimizer.decay_every_epochs = 1000  # Constant learning rate.
+  config.optimizer.feature_lr_scale = 0.1
+  config.loss.beta = 0.0
+  config.similarity.target = "neighbours"
+  config.model.top = "fc"
+  config.model.hash_init = "itq"
+  config.model.dropout_rate = 0.0
   config.data.name = "features"
   config.data.num_workers = 0
   config.eval.batch_size = 1024
-  config.checkpoint_every_steps = 1000
+  config.eval.every_epochs = 0
+  config.checkpoint_every_steps = 100000
+  config.checkpoint_every_epochs = 1000  # Only at the end (and every checkpoint_every_steps).
   return config

@@ -1,9 +1,13 @@
-"""Config checks, ablation weights and model choice."""
+"""Config checks, loss weights, optimiser groups, the ITQ start and model choice."""
 
+import jax
+import numpy as np
 import pytest
 
 from configs import cifar
 from configs import digits
+from configs import features
+from ucsh_jax import baselines
 from ucsh_jax import errors
 from ucsh_jax import experiment
 from ucsh_jax import models
@@ -16,6 +20,14 @@ from ucsh_jax import models
     ("optimizer.name", "lamb", "config.optimizer.name"),
     ("model.backbone", "resnet", "config.model.backbone"),
     ("model.dtype", "float16", "config.model.dtype"),
+    ("loss.balance", "sum", "config.loss.balance"),
+    ("similarity.target", "labels", "config.similarity.target"),
+    ("model.top", "mlp", "config.model.top"),
+    ("model.hash_init", "pca", "config.model.hash_init"),
+    ("kmeans_metric", "l1", "config.kmeans_metric"),
+    ("kmeans_inits", 0, "config.kmeans_inits=0"),
+    ("similarity.num_neighbours", -1, "config.similarity.num_neighbours"),
+    ("model.top", "fc", "config.model.top='fc' replaces"),
 ])
 def test_impossible_configs_name_the_field(field, value, message):
   config = cifar.get_config()
@@ -39,7 +51,70 @@ def test_pretrained_weights_need_a_backbone():
 def test_ablations_zero_one_weight(ablation, expected):
   config = cifar.get_config()
   config.ablation = ablation
-  assert tuple(experiment.loss_weights(config)) == expected
+  assert experiment.ablated_weights(config) == expected
+  config.loss.balance = "mean"
+  assert tuple(experiment.loss_weights(config, 64)) == (
+      expected[0], expected[0], expected[1], expected[2])
+
+
+@pytest.mark.parametrize("bits", [16, 32, 64])
+def test_paper_balance_weights(bits):
+  """w_rec = alpha d / (24 k^2), w_kl = alpha / (24 k), w_C = beta / (24 k), w_S = gamma / k^2."""
+  config = cifar.get_config()
+  config.bits = bits
+  weights = experiment.loss_weights(config)  # fc7: d = 4096.
+  np.testing.assert_allclose(
+      tuple(weights), (1e-3 * 4096 / (24 * bits**2), 1e-3 / (24 * bits), 10.0 / (24 * bits),
+                       1e-2 / bits**2), rtol=1e-12)
+  with pytest.raises(ValueError, match="feature_dim"):
+    experiment.loss_weights(digits.get_config())
+
+
+def test_neighbour_count_is_a_tenth_of_the_training_set_by_default():
+  config = cifar.get_config()
+  assert experiment.num_neighbours(config, 1000) == 0  # Cosine targets need none.
+  config.similarity.target = "neighbours"
+  assert experiment.num_neighbours(config, 1000) == 100
+  config.similarity.num_neighbours = 250
+  assert experiment.num_neighbours(config, 1000) == 250
+
+
+def test_feature_learning_rate_scale_applies_to_the_top_only():
+  config = cifar.get_config()
+  config.optimizer.feature_lr_scale = 0.1
+  config.optimizer.name, config.optimizer.momentum = "sgd", 0.0
+  params = {"top": {"w": np.ones(3, np.float32)}, "head": {"w": np.ones(3, np.float32)}}
+  grads = jax.tree.map(np.ones_like, params)
+  tx = experiment.make_optimizer(config, steps_per_epoch=10)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  lr = config.optimizer.learning_rate
+  np.testing.assert_allclose(updates["head"]["w"], -lr)
+  np.testing.assert_allclose(updates["top"]["w"], -0.1 * lr, rtol=1e-6)
+
+
+def test_itq_hash_layer_encodes_like_itq():
+  config = features.get_config()
+  config.bits = 8
+  x = np.abs(np.random.default_rng(0).normal(size=(200, 16))).astype(np.float32)
+  model = experiment.build_model(config, feature_dim=16)
+  params = experiment.init_params(model, config, x[:1], jax.random.key(0), None)
+  key = jax.random.key(1)
+  params = experiment.itq_hash_layer(params, x, config.bits, key)
+  codes = np.asarray(model.apply({"params": params}, x, train=False)["codes"])
+  want = np.asarray(baselines.METHODS["itq"].encode(baselines.METHODS["itq"].fit(x, 8, key), x))
+  np.testing.assert_array_equal(codes, want)
+
+
+def test_model_choice_top_and_dropout():
+  config = features.get_config()
+  model = experiment.build_model(config, feature_dim=16)
+  assert model.top is not None and model.head.dropout_rate == 0.0
+  config.model.dropout_rate = 0.5
+  model = experiment.build_model(config, feature_dim=16)
+  assert model.top.dropout_rate == 0.5 and model.head.dropout_rate == 0.5
+  config.model.top = "none"
+  model = experiment.build_model(config, feature_dim=16)
+  assert model.top is None and model.head.dropout_rate == 0.0  # Fixed inputs: no dropout.
 
 
 def test_model_choice():

@@ -40,6 +40,39 @@ def test_similarity_loss_value_and_gradient(reduction):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_weighted_similarity_loss_ignores_zero_weight_pairs(reduction):
+  codes, _, sim, rng = _data(6)
+  ssdh = np.sign(sim) * (np.abs(sim) > 0.4)  # SSDH-like targets in {+1, 0, -1}.
+  weights = np.abs(ssdh).astype(np.float32)
+  loss_fn = jax.jit(lambda b: ops.similarity_loss(b, ssdh.astype(np.float32),
+                                                  pair_weights=weights, reduction=reduction))
+  residual = K * ssdh - codes @ codes.T
+  scale = 1.0 if reduction == "sum" else 1.0 / (N * N * K * K)
+  np.testing.assert_allclose(float(loss_fn(codes)), scale * np.sum(weights * residual**2),
+                             rtol=1e-5)
+  want_b = -2.0 * scale * ((weights * residual) + (weights * residual).T) @ codes
+  np.testing.assert_allclose(np.asarray(jax.grad(loss_fn)(codes)), want_b, rtol=1e-5,
+                             atol=1e-6)
+  assert 0 < weights.sum() < N * N  # Some pairs really are ignored.
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_vae_parts_add_up_to_vae_loss(reduction):
+  _, x, _, rng = _data(7)
+  xhat = rng.normal(size=(N, D)).astype(np.float32)
+  h = (3 * rng.normal(size=(N, K))).astype(np.float32)
+  err, kl = _np_vae_terms(x, xhat, h)
+  rec = float(ops.reconstruction_loss(x, xhat, reduction=reduction))
+  kld = float(ops.kl_loss(h, reduction=reduction))
+  if reduction == "sum":
+    np.testing.assert_allclose([rec, kld], [err.sum(), kl.sum()], rtol=1e-5)
+  else:
+    np.testing.assert_allclose([rec, kld], [err.mean(), kl.mean()], rtol=1e-5)
+  np.testing.assert_allclose(float(ops.vae_loss(x, xhat, h, reduction=reduction)), rec + kld,
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_vae_loss_value_and_gradient(reduction):
   _, x, _, rng = _data(1)
   xhat = rng.normal(size=(N, D)).astype(np.float32)
@@ -114,6 +147,10 @@ def test_losses_vmap_over_a_leading_axis():
     (lambda: ops.vae_loss(jnp.ones((4, 3)), jnp.ones((4, 3)), jnp.ones((5, 8))), "logits"),
     (lambda: ops.vae_loss(jnp.ones((4,)), jnp.ones((4,)), jnp.ones((4, 8))), "features"),
     (lambda: ops.clustering_loss(jnp.ones((4, 8)), jnp.ones((8,))), "centers"),
+    (lambda: ops.similarity_loss(jnp.ones((4, 8)), jnp.ones((4, 4)),
+                                 pair_weights=jnp.ones((4, 3))), "pair_weights"),
+    (lambda: ops.reconstruction_loss(jnp.ones((4, 3)), jnp.ones((4, 2))), "reconstruction"),
+    (lambda: ops.kl_loss(jnp.ones((4,))), "logits"),
     (lambda: ops.separating_loss(jnp.ones((4, 5)), 0.1), "similarity"),
     (lambda: ops.separating_loss(jnp.ones((4, 4)), jnp.ones((2,))), "threshold"),
     (lambda: ops.clustering_loss(jnp.ones((4, 8)), jnp.ones((4, 8)), reduction="max"),

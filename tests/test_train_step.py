@@ -1,14 +1,19 @@
-"""The data-parallel train step: 8 devices equal 1 device on the same global batch."""
+"""The data-parallel train step: 8 devices equal 1 device on the same global batch; the paper's
+balance equals eq. 7's literal sums up to one factor; the similarity targets."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import cifar
 from configs import test as test_config
 from ucsh_jax import experiment
 from ucsh_jax import ops
 from ucsh_jax import parallel
 from ucsh_jax import train_step as train_step_lib
+
+P = jax.sharding.PartitionSpec
 
 
 def _setup(ablation=""):
@@ -70,7 +75,7 @@ def test_gradient_is_that_of_the_global_objective():
   mesh_1 = parallel.make_mesh(jax.devices()[:1])
   loss_fn = jax.shard_map(
       lambda p, b, t, k: train_step_lib.ucsh_losses(p, b, t, k, 0, model=model,
-                                                    weights=weights, reduction="mean")[0],
+                                                    weights=weights)[0],
       mesh=mesh_1, in_specs=(jax.sharding.PartitionSpec(),
                              jax.sharding.PartitionSpec(parallel.DATA_AXIS),
                              jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec()),
@@ -95,3 +100,128 @@ def test_bfloat16_step_keeps_float32_params_and_finite_losses():
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(new_params))
   assert all(np.isfinite(v) for v in metrics.values())
   assert metrics["l2_updates"] > 0
+
+
+FEATURE_DIM, BATCH = 12, 24
+
+
+def _features_setup(bits=16, target="cosine", seed=0):
+  """The paper's config on feature vectors with the trainable top (so L_S has a gradient)."""
+  config = cifar.get_config()
+  config.bits, config.batch_size = bits, BATCH
+  config.data.name, config.model.top = "features", "fc"
+  config.model.dropout_rate = 0.0  # The literal objective below runs without dropout.
+  config.similarity.target = target
+  model = experiment.build_model(config, feature_dim=FEATURE_DIM)
+  rng = np.random.default_rng(seed)
+  batch = {
+      "features": np.abs(rng.normal(size=(BATCH, FEATURE_DIM))).astype(np.float32),
+      "index": rng.permutation(100)[:BATCH].astype(np.int32),
+      "center": np.asarray(ops.hash_centers(10, bits))[rng.integers(0, 10, BATCH)],
+  }
+  params = experiment.init_params(model, config, batch["features"][:1], jax.random.key(seed),
+                                  None)
+  # A perturbed top, so that the features (and s_ij) really depend on its parameters.
+  params["top"]["fc"]["kernel"] = (params["top"]["fc"]["kernel"] + 0.1 * rng.normal(
+      size=(FEATURE_DIM, FEATURE_DIM))).astype(np.float32)
+  return config, model, batch, params
+
+
+def _loss_on_one_device(model, weights, target="cosine"):
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  fn = jax.shard_map(
+      lambda p, b, t, k: train_step_lib.ucsh_losses(p, b, t, k, 0, model=model, weights=weights,
+                                                    target=target),
+      mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P(), P()), out_specs=(P(), P()))
+  fn = jax.jit(fn)
+  return lambda p, b, t, k: fn(parallel.replicate(mesh, p), parallel.global_batch(mesh, b),
+                               parallel.replicate(mesh, t), parallel.replicate(mesh, k))
+
+
+def _literal_terms(params, batch, threshold, key, *, model, config):
+  """The terms of eq. 7 as the paper's literal sums, each times its alpha, beta or gamma."""
+  noise = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0), (config.bits,)))(
+      train_step_lib.example_keys(key, 0, batch["index"]))
+  out = model.apply({"params": params}, batch["features"], train=True, code_noise=noise)
+  s = ops.pairwise_similarity(out["features"])
+  return {
+      "loss_l2": ops.similarity_loss(out["codes"], s, reduction="sum"),
+      "loss_reconstruction": config.loss.alpha * ops.reconstruction_loss(
+          out["features"], out["reconstruction"], reduction="sum"),
+      "loss_kl": config.loss.alpha * ops.kl_loss(out["logits"], reduction="sum"),
+      "loss_clustering": config.loss.beta * ops.clustering_loss(
+          out["codes"], batch["center"], reduction="sum"),
+      "loss_separating": config.loss.gamma * ops.separating_loss(s, threshold, reduction="sum")}
+
+
+def _literal_objective(*args, **kwargs):
+  """eq. 7 with the paper's literal sums and alpha, beta, gamma, written out from the ops."""
+  return sum(_literal_terms(*args, **kwargs).values())
+
+
+@pytest.mark.parametrize("bits", [16, 64])
+def test_paper_balance_is_the_literal_objective_up_to_one_factor(bits):
+  """At the paper's batch 24 the step's objective is eq. 7's literal sums / (24^2 k^2)."""
+  config, model, batch, params = _features_setup(bits)
+  assert config.loss.balance == "paper" and config.loss.reference_batch == BATCH
+  weights = experiment.loss_weights(config, FEATURE_DIM)
+  threshold, key = np.float32(0.3), jax.random.key(3)
+  loss_fn = _loss_on_one_device(model, weights)
+  ours, terms = loss_fn(params, batch, threshold, key)
+  literal = _literal_terms(params, batch, threshold, key, model=model, config=config)
+  factor = BATCH**2 * bits**2
+  np.testing.assert_allclose(float(ours) * factor, float(sum(literal.values())), rtol=1e-5)
+  term_weights = dict(loss_l2=1.0, loss_reconstruction=weights.reconstruction,
+                      loss_kl=weights.kl, loss_clustering=weights.clustering,
+                      loss_separating=weights.separating)
+  for name, weight in term_weights.items():  # Each term on its own, however small.
+    np.testing.assert_allclose(weight * float(terms[name]) * factor, float(literal[name]),
+                               rtol=1e-5, err_msg=name)
+  grads = jax.grad(lambda p: loss_fn(p, batch, threshold, key)[0])(params)
+  literal_grads = jax.grad(_literal_objective)(params, batch, threshold, key, model=model,
+                                               config=config)
+  for (path, g), want in zip(jax.tree_util.tree_leaves_with_path(grads),
+                             jax.tree.leaves(literal_grads)):
+    want = np.asarray(want)
+    assert np.abs(want).max() > 0, path
+    np.testing.assert_allclose(np.asarray(g) * factor, want, rtol=2e-4,
+                               atol=2e-4 * np.abs(want).max(), err_msg=str(path))
+
+
+def _numpy_cos(x):
+  unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+  return unit @ unit.T
+
+
+@pytest.mark.parametrize("target", ["neighbours", "ssdh"])
+def test_similarity_targets_of_the_step(target):
+  config, model, batch, params = _features_setup(target=target, seed=1)
+  rng = np.random.default_rng(2)
+  batch["neighbours"] = rng.integers(0, 100, size=(BATCH, 10)).astype(np.int32)
+  batch["neighbours"][:, 0] = batch["index"]
+  threshold = np.float32([0.6, 0.2]) if target == "ssdh" else np.float32(0.3)
+  weights = experiment.loss_weights(config, FEATURE_DIM)
+  _, terms = _loss_on_one_device(model, weights, target)(params, batch, threshold,
+                                                         jax.random.key(0))
+  out = model.apply({"params": params}, batch["features"], train=False)
+  codes, x = np.asarray(out["codes"], np.float64), np.asarray(out["features"], np.float64)
+  if target == "neighbours":
+    member = np.array([[batch["index"][j] in batch["neighbours"][i] for j in range(BATCH)]
+                       for i in range(BATCH)])
+    s, w = np.where(member | member.T, 1.0, -1.0), np.ones((BATCH, BATCH))
+  else:
+    sim = 2 * _numpy_cos(x) - 1
+    s = np.where(sim > 0.6, 1.0, np.where(sim < 0.2, -1.0, 0.0))
+    w = np.abs(s)
+    assert 0 < w.sum() < BATCH**2
+  k = config.bits
+  want = np.sum(w * (k * s - codes @ codes.T)**2) / (BATCH**2 * k**2)
+  np.testing.assert_allclose(float(terms["loss_l2"]), want, rtol=1e-4)
+
+
+def test_unknown_target_is_refused():
+  config, model, _, _ = _features_setup()
+  with pytest.raises(ValueError, match="target must be one of"):
+    train_step_lib.make_train_step(parallel.make_mesh(jax.devices()[:1]), model=model,
+                                   weights=experiment.loss_weights(config, FEATURE_DIM),
+                                   target="labels")

@@ -16,8 +16,13 @@ import optax
 
 from ucsh_jax import errors
 from ucsh_jax import models
+from ucsh_jax import ops
 from ucsh_jax import preprocessing as preprocessing_lib
+from ucsh_jax.baselines import itq
+from ucsh_jax.models import ucsh as ucsh_model
+from ucsh_jax.models import vgg
 from ucsh_jax.train_step import LossWeights
+from ucsh_jax.train_step import TARGETS
 
 ABLATIONS = ("", "V", "C", "S", "R")
 # config.model.pretrained may name a standard file instead of giving its path; it is then looked
@@ -26,6 +31,13 @@ PRETRAINED_NAMES = ("torchvision", "timm", "keras")
 WEIGHTS_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ucsh_jax")
 BACKBONES = ("vgg16", "none")
 OPTIMIZERS = ("adam", "sgd")
+BALANCES = ("paper", "mean")
+TOPS = ("none", "fc")
+HASH_INITS = ("random", "itq")
+CODE_ACTIVATIONS = ("sign", "tanh")
+# Parameters under these top-level names produce the features x (the VGG16 or the trainable top);
+# their learning rate is config.optimizer.feature_lr_scale times the others'.
+FEATURE_PARAMS = ("backbone", "top")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -44,10 +56,30 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.model.dtype not in ("float32", "bfloat16"):
     raise errors.UserError(
         f"config.model.dtype={config.model.dtype!r}; expected float32 or bfloat16")
+  choices = [("loss.balance", config.loss.balance, BALANCES),
+             ("similarity.target", config.similarity.target, TARGETS),
+             ("model.top", config.model.top, TOPS),
+             ("model.hash_init", config.model.hash_init, HASH_INITS),
+             ("model.code_activation", config.model.code_activation, CODE_ACTIVATIONS),
+             ("kmeans_metric", config.kmeans_metric, ops.KMEANS_METRICS)]
+  for name, value, allowed in choices:
+    if value not in allowed:
+      raise errors.UserError(f"config.{name}={value!r}; expected one of {allowed}")
+  if config.model.top != "none" and uses_backbone(config):
+    raise errors.UserError(f"config.model.top={config.model.top!r} replaces the trainable "
+                           "fc7 of a network without one: use it with data.name='features' or "
+                           "model.backbone='none'")
   for name in ("bits", "batch_size", "num_epochs", "num_clusters", "kmeans_iters",
-               "threshold_samples"):
+               "kmeans_inits", "threshold_samples", "checkpoint_every_epochs"):
     if config[name] < 1:
       raise errors.UserError(f"config.{name}={config[name]} must be at least 1")
+  if config.loss.reference_batch < 1:
+    raise errors.UserError(f"config.loss.reference_batch={config.loss.reference_batch} must be "
+                           "at least 1")
+  if config.similarity.num_neighbours < 0:
+    raise errors.UserError(f"config.similarity.num_neighbours="
+                           f"{config.similarity.num_neighbours} must be >= 0 (0: a tenth of "
+                           "the training set)")
   if config.batch_size % num_devices:
     raise errors.UserError(f"config.batch_size={config.batch_size} must be a multiple of the "
                            f"{num_devices} devices")
@@ -56,23 +88,67 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                            f"the {num_devices} devices")
 
 
-def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
+def num_neighbours(config: ml_collections.ConfigDict, num_train: int) -> int:
+  """m of the neighbour-rank targets: config.similarity.num_neighbours, 0 = a tenth of the
+  training set; 0 when the targets are not "neighbours"."""
+  if config.similarity.target != "neighbours":
+    return 0
+  return min(num_train, config.similarity.num_neighbours or max(1, num_train // 10))
+
+
+def ablated_weights(config: ml_collections.ConfigDict) -> Tuple[float, float, float]:
   """alpha, beta, gamma of eq. 7 after the ablation (UCSH-V: alpha=0, -C: beta=0, -S: gamma=0)."""
-  return LossWeights(alpha=0.0 if config.ablation == "V" else config.loss.alpha,
-                     beta=0.0 if config.ablation == "C" else config.loss.beta,
-                     gamma=0.0 if config.ablation == "S" else config.loss.gamma)
+  return (0.0 if config.ablation == "V" else config.loss.alpha,
+          0.0 if config.ablation == "C" else config.loss.beta,
+          0.0 if config.ablation == "S" else config.loss.gamma)
+
+
+def loss_weights(config: ml_collections.ConfigDict,
+                 feature_dim: Optional[int] = None) -> LossWeights:
+  """The weights of the step's mean-form terms (see `train_step.ucsh_losses`).
+
+  The step minimises M_2 + w_rec M_rec + w_kl M_kl + w_C M_C + w_S M_S, each M the mean form
+  of a term of eq. 7 over a global batch of n (M_2 = L_2 / (n^2 k^2), M_rec = L_rec / (n d),
+  M_kl = L_kl / (n k), M_C = L_C / (n k), M_S = L_S / n^2, with the literal sums L of the
+  paper, L_V = L_rec + L_kl, d the feature dimension, k the bits).
+
+  `config.loss.balance = "paper"` derives the weights from alpha, beta, gamma at the batch
+  n_0 = `config.loss.reference_batch` (the paper's 24):
+    w_rec = alpha d / (n_0 k^2), w_kl = alpha / (n_0 k), w_C = beta / (n_0 k), w_S = gamma / k^2,
+  so that at n = n_0 the objective is exactly (L_2 + alpha L_V + beta L_C + gamma L_S) /
+  (n_0^2 k^2): the paper's eq. 7 up to one positive factor, at every code length, and the same
+  on any number of devices (every term is a mean over the global batch). At another batch size
+  the terms keep the relative weights they have at n_0.
+  `"mean"` puts alpha, beta, gamma on the mean forms directly (w_rec = w_kl = alpha).
+  `feature_dim` defaults to the VGG16's fc7 width; without the backbone it must be given.
+  """
+  if feature_dim is None:
+    if not uses_backbone(config):
+      raise ValueError("loss_weights needs feature_dim for a model without the VGG16 backbone")
+    feature_dim = vgg.scaled_width(vgg.FC_FEATURES, config.model.width)
+  alpha, beta, gamma = ablated_weights(config)
+  if config.loss.balance == "mean":
+    return LossWeights(reconstruction=alpha, kl=alpha, clustering=beta, separating=gamma)
+  n0, k = config.loss.reference_batch, config.bits
+  return LossWeights(reconstruction=alpha * feature_dim / (n0 * k * k), kl=alpha / (n0 * k),
+                     clustering=beta / (n0 * k), separating=gamma / (k * k))
 
 
 class FlatInputHashNet(nn.Module):
-  """The hash head and decoder on inputs used as the features: vectors, or images flattened.
+  """The hash head and decoder on vectors or flattened images, optionally behind a trainable top.
 
+  Without `top` the inputs are the features x; with it (a `FeatureTop`, submodule "top") x is
+  the top's output, from which the similarities, threshold and clusters are computed.
   Returns {"features" (n, d), "logits", "codes", "reconstruction"} like UCSH.
   """
   head: nn.Module
+  top: Optional[nn.Module] = None
 
   def __call__(self, inputs: jax.Array, *, train: bool,
                code_noise: Optional[jax.Array] = None) -> Dict[str, jax.Array]:
     features = inputs.reshape(inputs.shape[0], -1).astype(jnp.float32)
+    if self.top is not None:
+      features = self.top(features, train=train)
     return {"features": features, **self.head(features, train=train, code_noise=code_noise)}
 
 
@@ -85,12 +161,17 @@ def build_model(config: ml_collections.ConfigDict, feature_dim: Optional[int] = 
 
   `feature_dim` is the size of a flattened input; needed only without the VGG16 backbone.
   """
-  code_activation = "tanh" if config.ablation == "R" else "sign"
+  code_activation = "tanh" if config.ablation == "R" else config.model.code_activation
   dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
   if not uses_backbone(config):
+    # Dropout only with a trainable top (before it, as before fc7, and before the hash layer):
+    # on fixed inputs it would only add noise.
+    rate = config.model.dropout_rate if config.model.top != "none" else 0.0
+    top = ucsh_model.FeatureTop(dropout_rate=rate, dtype=dtype, name="top") if (
+        config.model.top == "fc") else None
     return FlatInputHashNet(models.HashHead(
         bits=config.bits, feature_dim=feature_dim, decoder_hidden=config.model.decoder_hidden,
-        code_activation=code_activation, dropout_rate=0.0, dtype=dtype))
+        code_activation=code_activation, dropout_rate=rate, dtype=dtype), top=top)
   return models.UCSH(bits=config.bits, width=config.model.width,
                      pooled_size=config.model.pooled_size,
                      decoder_hidden=config.model.decoder_hidden,
@@ -126,20 +207,53 @@ def init_params(model, config: ml_collections.ConfigDict, sample_inputs: np.ndar
   return params
 
 
+def itq_hash_layer(params, train_features_NxD: np.ndarray, bits: int, key: jax.Array):
+  """Params whose hash layer is ITQ fit on the training features: epoch 0 encodes like ITQ.
+
+  kernel = P R (d, k), bias = -mean P R, so h = (x - mean) P R with ITQ's PCA directions P and
+  rotation R, and sign(h) are ITQ's codes of x (the features the hash layer sees).
+  """
+  fit = itq.fit(jnp.asarray(train_features_NxD, jnp.float32), bits, key)
+  kernel_DxK = jnp.matmul(fit.pca, fit.rotation, precision=jax.lax.Precision.HIGHEST)
+  bias_K = -jnp.matmul(fit.mean, kernel_DxK, precision=jax.lax.Precision.HIGHEST)
+  hash_params = {"kernel": kernel_DxK.astype(jnp.float32), "bias": bias_K.astype(jnp.float32)}
+  head = {**params["head"], "hash": hash_params}
+  return {**params, "head": head}
+
+
+def _schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, scale: float):
+  opt = config.optimizer
+  return optax.exponential_decay(
+      scale * opt.learning_rate,
+      transition_steps=max(1, opt.decay_every_epochs * steps_per_epoch),
+      decay_rate=opt.decay_factor, staircase=True)
+
+
+def _base_optimizer(config: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
+  opt = config.optimizer
+  if opt.name == "adam":
+    return optax.adamw(schedule, weight_decay=opt.weight_decay) if opt.weight_decay else (
+        optax.adam(schedule))
+  return optax.chain(optax.add_decayed_weights(opt.weight_decay),
+                     optax.sgd(schedule, momentum=opt.momentum))
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
                    steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam (default) or SGD with momentum; learning rate step-decayed every few epochs."""
-  opt = config.optimizer
-  schedule = optax.exponential_decay(
-      opt.learning_rate, transition_steps=max(1, opt.decay_every_epochs * steps_per_epoch),
-      decay_rate=opt.decay_factor, staircase=True)
-  if opt.name == "adam":
-    tx = optax.adamw(schedule, weight_decay=opt.weight_decay) if opt.weight_decay else (
-        optax.adam(schedule))
-  else:
-    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay),
-                     optax.sgd(schedule, momentum=opt.momentum))
-  return tx
+  """Adam (default) or SGD with momentum; learning rate step-decayed every few epochs.
+
+  The parameters that produce the features (`FEATURE_PARAMS`: the VGG16 or the trainable top)
+  learn at `config.optimizer.feature_lr_scale` times the learning rate of the others (the
+  hash layer and the decoder).
+  """
+  scale = config.optimizer.feature_lr_scale
+  if scale == 1.0:
+    return _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0))
+  label = lambda params: {name: "features" if name in FEATURE_PARAMS else "head"
+                          for name in params}
+  return optax.multi_transform(
+      {"features": _base_optimizer(config, _schedule(config, steps_per_epoch, scale)),
+       "head": _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0))}, label)
 
 
 def create_train_state(model, params, tx: optax.GradientTransformation) -> train_state.TrainState:

@@ -79,6 +79,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
                                             parallel.replicated_sharding(mesh))
   else:
     params = experiment.init_params(model, config, sample, keys["init"], pretrained)
+    if config.model.hash_init == "itq":
+      features_NxD = inference.outputs_for(
+          inference.make_forward(model, mesh), parallel.replicate(mesh, params), source,
+          splits.train, "features", mesh=mesh, batch_size=config.eval.batch_size,
+          image_size=config.data.image_size, preprocessing=preprocessing)
+      params = experiment.itq_hash_layer(params, features_NxD, config.bits,
+                                         jax.random.fold_in(keys["init"], 1))
     state = parallel.replicate(mesh, experiment.create_train_state(model, params, tx))
   feature_dim = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, train=False),
                                state.params, sample)["features"].shape[-1]
@@ -91,6 +98,21 @@ def eval_kwargs(run: Run) -> Dict[str, Any]:
   """The keyword arguments of `inference.outputs_for` for this run."""
   return dict(mesh=run.mesh, batch_size=run.config.eval.batch_size,
               image_size=run.config.data.image_size, preprocessing=run.preprocessing)
+
+
+def step_threshold(epoch_state: epoch_state_lib.EpochState, target: str) -> np.ndarray:
+  """The step's threshold argument: s_t, or for SSDH's targets (s_t, the right threshold)."""
+  if target == "ssdh":
+    return np.stack([epoch_state.threshold, epoch_state.threshold_right]).astype(np.float32)
+  return np.asarray(epoch_state.threshold, np.float32)
+
+
+def epoch_scalars(epoch_state: epoch_state_lib.EpochState, num_clusters: int) -> Dict[str, float]:
+  """TensorBoard scalars of an epoch: "threshold", "cluster_size/{j}", "cluster_sizes_min"."""
+  sizes = np.bincount(epoch_state.assignments, minlength=num_clusters)
+  scalars = {"threshold": float(epoch_state.threshold), "cluster_sizes_min": float(sizes.min())}
+  scalars.update({f"cluster_size/{j}": float(n) for j, n in enumerate(sizes)})
+  return scalars
 
 
 def _evaluate(run: Run, forward, params) -> Dict[str, Any]:
@@ -120,8 +142,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       run.source, run.splits.train, global_batch_size=config.batch_size,
       image_size=config.data.image_size, preprocessing=run.preprocessing, seed=config.seed,
       num_workers=config.data.num_workers)
+  num_neighbours = experiment.num_neighbours(config, len(run.splits.train))
   epoch_state = epoch_state_lib.empty_epoch_state(config.num_clusters, run.feature_dim,
-                                                  len(run.splits.train))
+                                                  len(run.splits.train), num_neighbours)
   state = run.state
   if last_saved is not None:
     state, epoch_state = checkpointer.restore(last_saved, state, train_iter, epoch_state)
@@ -131,15 +154,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   step = int(state.step)
   centers_NxK = np.asarray(ops.hash_centers(config.num_clusters, config.bits,
                                             key=run.keys["centers"]), np.float32)
+  target = config.similarity.target
   train_step = train_step_lib.make_train_step(
-      run.mesh, model=run.model, weights=experiment.loss_weights(config),
-      reduction=config.loss.reduction)
+      run.mesh, model=run.model, weights=experiment.loss_weights(config, run.feature_dim),
+      target=target)
   forward = inference.make_forward(run.model, run.mesh)
   reporter = progress.Reporter(workdir, total_steps=total_steps, first_step=step,
                                examples_per_step=config.batch_size,
                                every_steps=config.log_every_steps)
   key = parallel.replicate(run.mesh, run.keys["train"])
-  threshold = parallel.replicate(run.mesh, epoch_state.threshold)
+  threshold = parallel.replicate(run.mesh, step_threshold(epoch_state, target))
   pending = None
   try:
     while step < total_steps:
@@ -150,15 +174,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         epoch_state = parallel.same_on_all_hosts(epoch_state_lib.refresh_epoch_state(
             features_NxD, epoch_state, epoch=epoch,
             num_clusters=config.num_clusters, kmeans_iters=config.kmeans_iters,
-            threshold_samples=config.threshold_samples,
+            kmeans_inits=config.kmeans_inits, kmeans_metric=config.kmeans_metric,
+            threshold_samples=config.threshold_samples, num_neighbours=num_neighbours,
             key=jax.random.fold_in(run.keys["epoch"], epoch)))
-        reporter.write_scalars(step, {
-            "threshold": float(epoch_state.threshold),
-            "cluster_sizes_min": float(np.bincount(epoch_state.assignments,
-                                                   minlength=config.num_clusters).min())})
-        threshold = parallel.replicate(run.mesh, epoch_state.threshold)
+        reporter.write_scalars(step, epoch_scalars(epoch_state, config.num_clusters))
+        threshold = parallel.replicate(run.mesh, step_threshold(epoch_state, target))
       host_batch = next(train_iter)
       host_batch["center"] = centers_NxK[epoch_state.assignments[host_batch["index"]]]
+      if target == "neighbours":
+        host_batch["neighbours"] = epoch_state.neighbours[host_batch["index"]]
       state, metrics = train_step(state, parallel.global_batch(run.mesh, host_batch),
                                   threshold, key)
       step += 1
@@ -166,7 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         _check_finite(*pending, last_saved)
       pending = (step, metrics)
       reporter.step(step, metrics)
-      if step % config.checkpoint_every_steps == 0 or step % spe == 0:
+      epoch_end = step % spe == 0 and (step // spe) % config.checkpoint_every_epochs == 0
+      if step % config.checkpoint_every_steps == 0 or epoch_end or step == total_steps:
         _check_finite(*pending, last_saved)
         checkpointer.save(step, state, train_iter, epoch_state)
         last_saved = step
