@@ -22,11 +22,11 @@ RETRIEVAL_PLOTS = (("pr", "Precision-recall", plots.precision_recall),
                    ("precision_radius", "Precision within Hamming radius r",
                     plots.precision_within_radius))
 _STYLE = """
-body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1500px; }
+body { font-family: sans-serif; margin: 1em; color: #222; max-width: 1500px; }
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
-.plots img { width: 480px; height: auto; border: 1px solid #eee; }
-.plots img.wide { width: 960px; }
+.plots img { width: 320px; height: auto; border: 1px solid #eee; }
+.plots img.wide { width: 1000px; }
 .gallery-row { display: flex; gap: 6px; margin-bottom: 8px; align-items: flex-start; }
 figure { margin: 0; text-align: center; font-size: 12px; }
 figure img { width: 64px; height: 64px; image-rendering: pixelated; border: 4px solid #999; }
@@ -34,7 +34,8 @@ figure.query img { border-color: #1565c0; }
 figure.relevant img { border-color: #2e7d32; }
 figure.irrelevant img { border-color: #c62828; }
 figure.query { margin-right: 14px; }
-table { border-collapse: collapse; } td, th { padding: 2px 10px; text-align: left; }
+table { border-collapse: collapse; align-self: flex-start; }
+td, th { padding: 2px 10px; text-align: left; }
 """
 
 
@@ -67,7 +68,8 @@ def _cluster_matrix(scalars: Dict[str, events.Series]) -> Optional[Tuple[np.ndar
 
 def _img(name: str, alt: str, wide: bool = False) -> str:
   css = ' class="wide"' if wide else ""
-  return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}"{css}>'
+  src = html.escape(name)
+  return f'<a href="{src}"><img src="{src}" alt="{html.escape(alt)}"{css}></a>'
 
 
 def _save(fig, out_dir: str, name: str) -> str:
@@ -101,15 +103,17 @@ def _training_section(workdir: str, out_dir: str, steps_per_epoch: int) -> str:
 def _retrieval_section(groups: Dict[int, List[runs.MethodCodes]], out_dir: str):
   """HTML of the per-code-length plots and the computed curves ({bits: [Curves]})."""
   parts, computed = [], {}
+  labels = list(dict.fromkeys(e.label for group in groups.values() for e in group))
+  colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
   for bits, group in groups.items():
     computed[bits] = [curves_lib.curves(e.codes, label=e.label, topk=e.topk) for e in group]
-    images = [_img(_save(draw(computed[bits]), out_dir, f"{name}_{bits}.png"),
+    images = [_img(_save(draw(computed[bits], colors), out_dir, f"{name}_{bits}.png"),
                    f"{title}, {bits} bits") for name, title, draw in RETRIEVAL_PLOTS]
     rows = "".join(f"<tr><td>{html.escape(c.label)}</td><td>{c.map:.4f}</td></tr>"
                    for c in computed[bits])
     label = tables.map_label(computed[bits][0].topk)
-    parts.append(f'<h3 id="bits-{bits}">{bits} bits</h3><table><tr><th>method</th>'
-                 f'<th>{label}</th></tr>{rows}</table><div class="plots">{"".join(images)}</div>')
+    parts.append(f'<h3 id="bits-{bits}">{bits} bits</h3><div class="plots"><table><tr>'
+                 f'<th>method</th><th>{label}</th></tr>{rows}</table>{"".join(images)}</div>')
   return "\n".join(parts), computed
 
 

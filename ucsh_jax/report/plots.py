@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg backend): each function returns one Figure."""
 
-from typing import Dict, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -24,37 +24,46 @@ def _axes(title: str, xlabel: str, ylabel: str, size=_SIZE):
   return fig, ax
 
 
+def _color(c: curves_lib.Curves, colors: Optional[Mapping[str, str]]) -> Dict[str, str]:
+  """The line colour of `c.label` in `colors` (the same method keeps its colour in every group)."""
+  return {"color": colors[c.label]} if colors and c.label in colors else {}
+
+
 def _legend_label(c: curves_lib.Curves) -> str:
   return f"{c.label} ({tables.map_label(c.topk)} {c.map:.3f})"
 
 
-def precision_recall(group: Sequence[curves_lib.Curves]) -> figure_lib.Figure:
+def precision_recall(group: Sequence[curves_lib.Curves],
+                     colors: Optional[Mapping[str, str]] = None) -> figure_lib.Figure:
   """Precision against recall of Hamming-ball retrieval, one point per radius 0..k."""
   fig, ax = _axes(f"Precision-recall over Hamming radii, {group[0].bits} bits", "recall",
                   "precision")
   for c in group:
-    ax.plot(c.recall_R, c.precision_R, marker=".", label=_legend_label(c))
+    ax.plot(c.recall_R, c.precision_R, marker=".", label=_legend_label(c), **_color(c, colors))
   ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
   ax.legend(fontsize="small")
   return fig
 
 
-def precision_at_k(group: Sequence[curves_lib.Curves]) -> figure_lib.Figure:
+def precision_at_k(group: Sequence[curves_lib.Curves],
+                   colors: Optional[Mapping[str, str]] = None) -> figure_lib.Figure:
   """Precision of the top k against k."""
   fig, ax = _axes(f"Precision@k, {group[0].bits} bits", "k (top-ranked items)", "precision")
   for c in group:
-    ax.plot(c.ks_P, c.precision_at_k_P, label=_legend_label(c))
+    ax.plot(c.ks_P, c.precision_at_k_P, label=_legend_label(c), **_color(c, colors))
   ax.set(ylim=(0, 1.02))
   ax.legend(fontsize="small")
   return fig
 
 
-def precision_within_radius(group: Sequence[curves_lib.Curves]) -> figure_lib.Figure:
+def precision_within_radius(group: Sequence[curves_lib.Curves],
+                            colors: Optional[Mapping[str, str]] = None) -> figure_lib.Figure:
   """Precision of the items within Hamming distance r against r."""
   fig, ax = _axes(f"Precision within Hamming radius r, {group[0].bits} bits", "radius r",
                   "precision")
   for c in group:
-    ax.plot(np.arange(c.bits + 1), c.precision_R, marker=".", label=_legend_label(c))
+    ax.plot(np.arange(c.bits + 1), c.precision_R, marker=".", label=_legend_label(c),
+            **_color(c, colors))
   ax.axvline(2, color="gray", linestyle=":", linewidth=1)
   ax.set(ylim=(0, 1.02))
   ax.legend(fontsize="small")
