@@ -101,10 +101,12 @@ def test_encoding_reproduces_the_runs_codes_and_compiles_once(runs, digits_searc
   ids = codes["query_ids"][:11]
   encoded = digits_searcher.encode_images([source[int(i)]["image"] for i in ids])
   np.testing.assert_array_equal(encoded, codes["query_codes"][:11])
-  one = digits_searcher.encode_images([source[int(ids[0])]["image"]])
+  with tiny_runs.traces() as traced:  # 1 and 3 images: padded to the same compiled batch.
+    one = digits_searcher.encode_images([source[int(ids[0])]["image"]])
+    three = digits_searcher.encode_images([source[int(i)]["image"] for i in ids[:3]])
+  assert traced == []
   np.testing.assert_array_equal(one, codes["query_codes"][:1])
-  # 11 images (two padded batches) and 1 image ran through one compiled program.
-  assert digits_searcher._forward._cache_size() == 1
+  np.testing.assert_array_equal(three, codes["query_codes"][:3])
 
 
 def test_query_from_a_larger_image_is_resized_like_the_pipeline(digits_searcher):

@@ -2,10 +2,13 @@
 
 Each is trained, recorded (`run.json`) and encoded (`codes.npz` and the database index) like
 `python -m ucsh_jax.main` would, in a few seconds: no VGG16, the pixels hashed directly.
+`traces()` counts the JAX functions traced (so compiled) meanwhile.
 """
 
+import contextlib
 import os
 
+import jax
 import numpy as np
 import PIL.Image
 
@@ -13,6 +16,8 @@ from configs import digits as digits_config
 from ucsh_jax import run_record
 from ucsh_jax import train
 
+# Recorded by JAX each time it traces a function for compilation.
+_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
 # Per class of the image folder: the colour its pictures are drawn in.
 COLOURS = {"blue": (30, 60, 230), "green": (30, 200, 60), "red": (230, 40, 30)}
 
@@ -64,3 +69,20 @@ def _train_and_encode(config, workdir: str):
   train.train_and_evaluate(config, workdir)
   train.evaluate_checkpoint(config, workdir, write_codes=True)
   return config
+
+
+@contextlib.contextmanager
+def traces():
+  """Yields a list that collects one entry per function JAX traces inside the block."""
+  traced = []
+
+  def listener(event, duration_s, **kwargs):
+    del duration_s, kwargs
+    if event == _TRACE_EVENT:
+      traced.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield traced
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
