@@ -1,12 +1,15 @@
 """Tests of HashHead, UCSH and with_pretrained_backbone against NumPy."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from random_params import random_params
 from ucsh_jax import models
+from ucsh_jax import ops
+from ucsh_jax.models import ucsh as models_ucsh
 from ucsh_jax.models import vgg
 
 WIDTH = 1 / 16  # fc7 width 256
@@ -152,3 +155,68 @@ def test_with_pretrained_backbone_names_mismatches(ucsh_setup):
     models.with_pretrained_backbone(params, without_fc7)
   with pytest.raises(ValueError, match="no 'backbone' entry"):
     models.with_pretrained_backbone({"params": params}, vgg_params)
+
+
+def _primitive_names(jaxpr):
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      names |= _primitive_names(sub)
+  return names
+
+
+def test_relaxed_head_decodes_tanh_codes_without_sampling_or_sign():
+  """UCSH-R: in train mode the codes and the decoder input are tanh(h), nothing sampled."""
+  head = models.HashHead(bits=BITS, feature_dim=24, decoder_hidden=16, code_activation="tanh",
+                         dropout_rate=0.0)
+  params = random_params(head, (1, 24))
+  x = np.abs(np.random.default_rng(6).normal(size=(5, 24))).astype(np.float32)
+  train = lambda p, v: head.apply({"params": p}, v, train=True,
+                                  rngs={"sample": jax.random.key(0)})
+  names = _primitive_names(jax.make_jaxpr(train)(params, x).jaxpr)
+  assert "tanh" in names
+  assert not names & {"random_bits", "random_wrap", "threefry2x32", "sign", "ge", "lt",
+                      "select_n", "custom_vjp_call", "custom_vjp_call_jaxpr"}, names
+  out = train(params, x)
+  logits = x @ params["hash"]["kernel"] + params["hash"]["bias"]
+  hidden = np.maximum(np.tanh(logits) @ params["decoder_hidden"]["kernel"]
+                      + params["decoder_hidden"]["bias"], 0)
+  want = hidden @ params["decoder_out"]["kernel"] + params["decoder_out"]["bias"]
+  np.testing.assert_allclose(out["codes"], np.tanh(logits), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["reconstruction"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_relaxed_l2_and_clustering_gradients_are_the_tanh_chain_rule():
+  head = models.HashHead(bits=BITS, feature_dim=24, decoder_hidden=16, code_activation="tanh",
+                         dropout_rate=0.0)
+  params = random_params(head, (1, 24))
+  rng = np.random.default_rng(7)
+  x = np.abs(rng.normal(size=(5, 24))).astype(np.float32)
+  sim = rng.uniform(-1, 1, size=(5, 5)).astype(np.float32)
+  centers = np.where(rng.normal(size=(5, BITS)) >= 0, 1.0, -1.0).astype(np.float32)
+
+  def loss(bias):
+    p = {**params, "hash": {**params["hash"], "bias": bias}}
+    codes = head.apply({"params": p}, x, train=True)["codes"]
+    return (ops.similarity_loss(codes, sim, reduction="sum")
+            + ops.clustering_loss(codes, centers, reduction="sum"))
+
+  grad = np.asarray(jax.grad(loss)(params["hash"]["bias"]))
+  h = (x @ params["hash"]["kernel"] + params["hash"]["bias"]).astype(np.float64)
+  b = np.tanh(h)
+  residual = BITS * sim - b @ b.T
+  dl_db = -2.0 * (residual + residual.T) @ b + 2.0 * (b - centers)
+  np.testing.assert_allclose(grad, (dl_db * (1.0 - b**2)).sum(0), rtol=1e-4, atol=1e-4)
+
+
+def test_feature_top_starts_as_the_identity_on_relu_features():
+  top = models_ucsh.FeatureTop(dropout_rate=0.5)
+  x = np.abs(np.random.default_rng(8).normal(size=(6, 10))).astype(np.float32)
+  params = top.init(jax.random.key(0), x, train=False)["params"]
+  np.testing.assert_array_equal(params["fc"]["kernel"], np.eye(10, dtype=np.float32))
+  np.testing.assert_allclose(top.apply({"params": params}, x, train=False), x, rtol=1e-6)
+  dropped = top.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(1)})
+  kept = np.asarray(dropped) != 0
+  np.testing.assert_allclose(np.asarray(dropped)[kept], 2.0 * x[kept], rtol=1e-5)
+  assert 0 < kept.mean() < 1

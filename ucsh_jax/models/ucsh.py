@@ -19,7 +19,9 @@ class HashHead(nn.Module):
 
   The decoder reconstructs the features from a code z: in train mode z is drawn from the
   encoder q(b|x) = Bernoulli(sigmoid(h)) (the 'sample' rng) and mapped to +-1, with a
-  straight-through gradient to its mean 2 sigmoid(h) - 1; in eval mode z = sign(h).
+  straight-through gradient to its mean 2 sigmoid(h) - 1; in eval mode z = sign(h). With
+  code_activation "tanh" (UCSH-R, the continuous relaxation) the train-mode decoder input is
+  the relaxed code tanh(h) itself: no sample and no sign anywhere on the train path.
 
   Attributes:
     bits: code length k.
@@ -51,7 +53,7 @@ class HashHead(nn.Module):
       train: enables dropout and the sampled decoder code.
       code_noise: optional (n, bits) uniform [0, 1) noise for the Bernoulli sample in train
         mode; by default drawn from the 'sample' rng. Passing noise drawn per example makes the
-        sample independent of how a batch is split over devices.
+        sample independent of how a batch is split over devices. Unused with "tanh".
 
     Returns:
       "logits" (n, bits) hash-layer output h; "codes" (n, bits) sign_ste(h), or tanh(h)
@@ -71,7 +73,9 @@ class HashHead(nn.Module):
     else:
       codes_NxK = ops.sign_ste(logits_NxK)
 
-    if train:
+    if train and self.code_activation == "tanh":
+      latent_NxK = codes_NxK
+    elif train:
       mean_NxK = 2.0 * jax.nn.sigmoid(logits_NxK) - 1.0
       # u < sigmoid(h) happens with probability sigmoid(h): a Bernoulli draw as +-1.
       if code_noise is None:
@@ -86,6 +90,38 @@ class HashHead(nn.Module):
     reconstruction_NxD = dense(self.feature_dim, name="decoder_out")(hidden)
     return {"logits": logits_NxK, "codes": codes_NxK,
             "reconstruction": reconstruction_NxD.astype(jnp.float32)}
+
+
+def _identity_init(key, shape, dtype=jnp.float32):
+  del key
+  return jnp.eye(*shape, dtype=dtype)
+
+
+class FeatureTop(nn.Module):
+  """A trainable layer that plays fc7 on fixed input features: relu(W dropout(x) + b).
+
+  W (d, d) starts as the identity and b at 0, so on non-negative inputs (ReLU features) the
+  top starts as the identity map and keeps the input's cosine structure; training then adapts
+  the features the similarities, the threshold and the clusters are computed from.
+
+  Attributes:
+    dropout_rate: dropout on the input in train mode (the 'dropout' rng), as VGG16 drops fc6
+      before fc7; 0 disables it.
+    dtype: computation dtype; parameters stay float32.
+
+  Submodule: `fc` (d -> d, Dense).
+  """
+
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """(n, d) features -> (n, d) float32 adapted features (after ReLU)."""
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x.astype(self.dtype))
+    y = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=_identity_init, name="fc")(x)
+    return nn.relu(y).astype(jnp.float32)
 
 
 class UCSH(nn.Module):
