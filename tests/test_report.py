@@ -243,6 +243,52 @@ def test_compared_runs_with_other_splits_or_topk_are_refused(report, tmp_path):
     build.write_report(workdir, compare=[str(other)])
 
 
+def test_a_compared_run_of_another_code_length_is_its_own_group(report, tmp_path):
+  workdir, _, _ = report
+  other = tmp_path / "ucsh8"
+  os.makedirs(other)
+  shutil.copy(os.path.join(workdir, "run.json"), other)
+  codes = _codes(workdir)
+  for split in ("query", "database"):
+    codes[f"{split}_codes"] = codes[f"{split}_codes"][:, :8]
+  np.savez(other / "codes.npz", **codes)
+  page = build.write_report(workdir, compare=[str(other)])
+  with open(os.path.join(os.path.dirname(page), "data.json")) as f:
+    plotted = json.load(f)["curves"]
+  assert [c["label"] for c in plotted["16"]] == ["UCSH", "LSH", "ITQ"]
+  assert [c["label"] for c in plotted["8"]] == ["LSH", "ITQ", "UCSH (ucsh8)"]
+  assert plotted["8"][2]["map"] == pytest.approx(metrics.mean_average_precision(
+      codes["query_codes"], codes["database_codes"], codes["query_labels"],
+      codes["database_labels"]), abs=1e-12)
+  build.write_report(workdir)  # The shared page again, without the comparison.
+
+
+def test_cluster_sizes_of_every_cluster_are_drawn_per_epoch(tmp_path, monkeypatch):
+  import tensorboardX  # pylint: disable=g-import-not-at-top
+  writer = tensorboardX.SummaryWriter(str(tmp_path))
+  sizes_ExN = np.arange(3 * 11).reshape(3, 11) % 7 + 1
+  for epoch, sizes in enumerate(sizes_ExN):
+    for j, n in enumerate(sizes):
+      writer.add_scalar(f"cluster_size/{j}", n, 5 * epoch)
+  writer.close()
+  drawn = []
+  monkeypatch.setattr(plots, "cluster_sizes", lambda *a: drawn.append(a) or plots.threshold(
+      np.arange(2), np.arange(2), 1))
+  text = build._training_section(str(tmp_path), str(tmp_path), steps_per_epoch=5)
+  assert "cluster_sizes.png" in text and "only the smallest" not in text
+  epochs, matrix = drawn[0]
+  np.testing.assert_array_equal(epochs, [0, 1, 2])
+  np.testing.assert_array_equal(matrix, sizes_ExN)  # cluster_size/10 after /9.
+  assert os.path.exists(tmp_path / "cluster_sizes.png")
+
+
+def test_relevance_of_multi_hot_labels_is_a_shared_label():
+  np.testing.assert_array_equal(
+      gallery.shares_label(np.array([0, 1, 1]), np.array([[1, 0, 0], [0, 0, 1], [1, 1, 0]])),
+      [False, True, True])
+  np.testing.assert_array_equal(gallery.shares_label(3, np.array([3, 1, 3])), [True, False, True])
+
+
 def test_feature_sources_have_no_images_and_say_so(report, tmp_path):
   workdir, _, _ = report
 
