@@ -263,6 +263,19 @@ def test_a_compared_run_of_another_code_length_is_its_own_group(report, tmp_path
   build.write_report(workdir)  # The shared page again, without the comparison.
 
 
+def test_codes_older_than_the_latest_checkpoint_are_encoded_again(report):
+  workdir, _, _ = report
+  path = os.path.join(workdir, "codes.npz")
+  before = _codes(workdir)
+  os.utime(path, (0, 0))  # Older than any checkpoint.
+  build.write_report(workdir)
+  assert os.path.getmtime(path) > 0
+  after = _codes(workdir)
+  assert sorted(after) == sorted(before)
+  for key, value in before.items():
+    np.testing.assert_array_equal(after[key], value)
+
+
 def test_cluster_sizes_of_every_cluster_are_drawn_per_epoch(tmp_path, monkeypatch):
   import tensorboardX  # pylint: disable=g-import-not-at-top
   writer = tensorboardX.SummaryWriter(str(tmp_path))

@@ -10,8 +10,9 @@ refused with a UserError, since mixing them would compare different protocols.
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+import ml_collections
 import numpy as np
 
 from ucsh_jax import errors
@@ -76,7 +77,7 @@ def _split_ids(workdir: str, name: str, npz: Dict[str, np.ndarray]) -> np.ndarra
   return np.load(path).astype(np.int64)
 
 
-def load_ucsh(workdir: str, label: Optional[str] = None):
+def load_ucsh(workdir: str) -> Tuple[MethodCodes, ml_collections.ConfigDict]:
   """(MethodCodes, config) of the UCSH run in `workdir`.
 
   Encodes the latest checkpoint into codes.npz (`train.evaluate_checkpoint`, holding the
@@ -91,7 +92,7 @@ def load_ucsh(workdir: str, label: Optional[str] = None):
     npz = dict(f)
   name = tables.ABLATION_NAMES.get(config.ablation, f"UCSH-{config.ablation}")
   codes = MethodCodes(
-      label=label or name, codes={k: npz[k] for k in CODE_KEYS},
+      label=name, codes={k: npz[k] for k in CODE_KEYS},
       query_ids=_split_ids(workdir, "query", npz), database_ids=_split_ids(workdir, "database", npz),
       topk=_topk(config.eval.topk), dataset=config.data.name, origin=path)
   return codes, config
