@@ -130,11 +130,10 @@ def item_path(source, i: int) -> Optional[str]:
 
 @dataclasses.dataclass
 class Collection:
-  """What a search ranks: a data source, its codes in a Hamming index (ids = positions in
-  `source`) and a name for messages."""
+  """What a search ranks: a data source and its codes in a Hamming index (ids = positions in
+  `source`)."""
   source: Any
-  index: Any
-  name: str
+  index: index_lib.HammingIndex
 
 
 class Searcher:
@@ -185,9 +184,10 @@ class Searcher:
     padded = np.zeros((-(-n // self.batch_size) * self.batch_size,) + inputs.shape[1:],
                       np.float32)
     padded[:n] = inputs
-    codes = [parallel.to_host(self._forward(
-        self._params, parallel.global_batch(self.run.mesh, padded[i:i + self.batch_size]))
-                              ["codes"]) for i in range(0, len(padded), self.batch_size)]
+    codes = []
+    for start in range(0, len(padded), self.batch_size):
+      batch = parallel.global_batch(self.run.mesh, padded[start:start + self.batch_size])
+      codes.append(parallel.to_host(self._forward(self._params, batch)["codes"]))
     return np.concatenate(codes)[:n]
 
   def encode_images(self, images_list: Sequence[np.ndarray]) -> np.ndarray:
@@ -266,11 +266,11 @@ class Searcher:
                          f"{os.path.basename(path.rstrip(os.sep))}-"
                          f"{collection_digest(path, source, self._checkpoint_step)}.index")
     if os.path.exists(cache):
-      return Collection(source, index_lib.HammingIndex.load(cache, bits=self.bits), path)
+      return Collection(source, index_lib.HammingIndex.load(cache, bits=self.bits))
     index = index_lib.HammingIndex.from_codes(self._encode_source(source, f"encoding {path}"))
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     index.save(cache)
-    return Collection(source, index, path)
+    return Collection(source, index)
 
   def _encode_source(self, source, description: str) -> np.ndarray:
     """Codes (len(source), bits) int8 of every item, images read and decoded on threads; logs a
@@ -325,7 +325,7 @@ def run_database(run: train.Run) -> Collection:
                                                             str(step))):
     logging.warning("%s is older than checkpoint %d: its codes may be out of date (run "
                     "--mode=encode again)", path, step)
-  return Collection(run.source, index, "the run's database")
+  return Collection(run.source, index)
 
 
 def collection_digest(path: str, source, step: int) -> str:

@@ -18,6 +18,7 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from absl import flags
+from absl import logging
 import flask
 import numpy as np
 import PIL.Image
@@ -33,6 +34,7 @@ MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # About 7,700 x 5,200: larger than any camera image, far from a bomb.
 MAX_TOPK = 1000
 _QUERY_STRIP = 12  # Queries of the run shown as thumbnails to pick from.
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 FLAGS = flags.FLAGS
 
@@ -217,6 +219,9 @@ def main(argv):
                     max_pixels=MAX_PIXELS)
   service.warm_up()
   server, url = serve(create_app(service), FLAGS.host, FLAGS.port)
+  if FLAGS.host not in _LOOPBACK:
+    logging.warning("--host=%s: the page and the run's images are open to the network",
+                    FLAGS.host)
   print(f"serving {workdir} on {url}", flush=True)
   try:
     server.serve_forever()
@@ -242,7 +247,8 @@ _PAGE = """<!doctype html>
 <h1>UCSH search</h1>
 <p class="muted">{{ workdir }}</p>
 <form method="post" action="/" enctype="multipart/form-data">
- {% if kind == "image" %}<label>Image <input type="file" name="image" accept="image/*"></label>{% endif %}
+ {% if kind == "image" %}<label>Image <input type="file" name="image"
+   accept="image/*"></label>{% endif %}
  <label>or query <input type="number" name="query_index" min="0" max="{{ num_query - 1 }}"
    placeholder="0..{{ num_query - 1 }}"></label>
  <label>top <input type="number" name="topk" min="1" value="{{ topk }}" style="width:4em"></label>
