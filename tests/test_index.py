@@ -92,10 +92,13 @@ def test_range_search_matches_brute_force(radius, monkeypatch):
   monkeypatch.setattr(index_lib, "_BLOCK_SIZE", 8 * 100)
   monkeypatch.setattr(index_lib, "_QUERY_BLOCK", 8)
   rng = np.random.default_rng(radius)
-  db_codes, query_codes = _codes(1000, 32, rng), _codes(20, 32, rng)
+  db_codes = _codes(1000, 32, rng)
+  # Queries near database items, so that every radius has items at exactly that distance.
+  query_codes = db_codes[:20] * np.where(rng.uniform(size=(20, 32)) < 0.05, -1, 1)
   ids = rng.choice(5000, 1000, replace=False)
   lims, distances, found = _index_in_parts(db_codes, ids).range_search(query_codes, radius)
   dist = _brute_distances(query_codes, db_codes)
+  assert np.any(dist == radius)
   assert lims.shape == (21,) and lims[0] == 0
   for q, row in enumerate(dist):
     inside = np.flatnonzero(row <= radius)
