@@ -6,6 +6,7 @@ import io
 import json
 import os
 import selectors
+import shutil
 import struct
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from ucsh_jax import searcher as searcher_lib
 from ucsh_jax import serve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package (.ci/run).
 
 
 @pytest.fixture(scope="module")
