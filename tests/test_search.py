@@ -12,14 +12,11 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from configs import features as features_config
 import tiny_runs
 from ucsh_jax import errors
 from ucsh_jax import inference
-from ucsh_jax import run_record
 from ucsh_jax import search
 from ucsh_jax import searcher as searcher_lib
-from ucsh_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,20 +167,7 @@ def test_user_mistakes_are_user_errors(runs, digits_searcher, tmp_path):
 
 
 def test_features_run_takes_npz_queries_of_its_width_only(tmp_path):
-  rng = np.random.default_rng(0)
-  labels = (rng.random((150, 4)) < 0.4).astype(np.int32)
-  labels[labels.sum(1) == 0, 0] = 1
-  features = labels @ rng.random((4, 12)).astype(np.float32) + 0.05 * rng.random((150, 12))
-  np.savez(tmp_path / "data.npz", features=features.astype(np.float32), labels=labels)
-  config = features_config.get_config()
-  config.data.path = str(tmp_path / "data.npz")
-  config.data.num_query, config.data.num_train = 20, 32
-  config.num_epochs, config.batch_size, config.eval.batch_size = 1, 16, 32
-  config.bits, config.num_clusters, config.model.decoder_hidden = 8, 4, 16
-  workdir = str(tmp_path / "run")
-  run_record.check_or_write(config, workdir, config_file=None)
-  train.train_and_evaluate(config, workdir)
-  train.evaluate_checkpoint(config, workdir, write_codes=True)
+  workdir, features, labels = tiny_runs.features_run(str(tmp_path))
   searcher = searcher_lib.Searcher.from_workdir(workdir)
 
   np.savez(tmp_path / "queries.npz", features=features[:3], labels=labels[:3])

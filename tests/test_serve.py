@@ -213,3 +213,24 @@ def test_in_process_app_compiles_once_and_decodes_by_header_first(run):
     serve.decode_upload(_png_header(40, 30), max_pixels=1000)
   image = serve.decode_upload((run / "images" / "red" / "1.jpg").read_bytes())
   assert image.shape == (24, 32, 3) and image.dtype == np.uint8
+
+
+def test_features_run_page_shows_no_images_and_refuses_uploads(run, tmp_path):
+  workdir, _, labels = tiny_runs.features_run(str(tmp_path))
+  service = serve.Service(searcher_lib.Searcher.from_workdir(workdir), topk=3,
+                          max_pixels=serve.MAX_PIXELS)
+  client = serve.create_app(service).test_client()
+  page = client.get("/?query_index=0")
+  assert page.status_code == 200 and b"Results for query 0 of the run" in page.data
+  assert b"<img" not in page.data and b'type="file"' not in page.data
+  response = client.get("/image/0")
+  assert response.status_code == 404 and "feature vectors" in response.get_json()["error"]
+  jpeg = (run / "images" / "red" / "1.jpg").read_bytes()
+  response = client.post("/api/search", data={"image": (io.BytesIO(jpeg), "1.jpg")})
+  assert response.status_code == 400
+  assert "hashes feature vectors" in response.get_json()["error"]
+  response = client.post("/api/search?query_index=3")
+  (answer,) = response.get_json()
+  assert response.status_code == 200 and len(answer["results"]) == 3
+  for hit in answer["results"]:
+    assert hit["label"] == np.flatnonzero(labels[hit["id"]]).tolist()

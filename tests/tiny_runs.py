@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 
 from configs import digits as digits_config
+from configs import features as features_config
 from ucsh_jax import run_record
 from ucsh_jax import train
 
@@ -62,6 +63,26 @@ def image_folder_run(root: str, workdir: str):
   config.data.name, config.data.path = "image_folder", root
   config.data.num_query, config.data.num_train = 8, 16
   return _train_and_encode(config, workdir)
+
+
+def features_run(root: str):
+  """A run on a multi-label feature file root/data.npz (150 x 12, 4 labels): 20 queries.
+
+  Returns (workdir, features (150, 12) float32, labels (150, 4) int32).
+  """
+  rng = np.random.default_rng(0)
+  labels = (rng.random((150, 4)) < 0.4).astype(np.int32)
+  labels[labels.sum(1) == 0, 0] = 1
+  features = (labels @ rng.random((4, 12)) + 0.05 * rng.random((150, 12))).astype(np.float32)
+  np.savez(os.path.join(root, "data.npz"), features=features, labels=labels)
+  config = features_config.get_config()
+  config.data.path = os.path.join(root, "data.npz")
+  config.data.num_query, config.data.num_train = 20, 32
+  config.num_epochs, config.batch_size, config.eval.batch_size = 1, 16, 32
+  config.bits, config.num_clusters, config.model.decoder_hidden = 8, 4, 16
+  workdir = os.path.join(root, "run")
+  _train_and_encode(config, workdir)
+  return workdir, features, labels
 
 
 def _train_and_encode(config, workdir: str):
