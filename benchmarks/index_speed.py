@@ -12,12 +12,12 @@
    100 codes, 5% of the bits flipped).
 
   python -m benchmarks.index_speed [--repeats 3] [--sizes 10000,100000,1000000]
+      [--faiss_threads 0]
 """
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -32,12 +32,12 @@ NUM_QUERIES, NUM_DB, NUM_BITS, TOP_K = 1_000, 1_000_000, 64, 100
 
 
 def uniform_codes(n, rng):
-  return np.where(rng.uniform(size=(n, NUM_BITS)) < 0.5, -1, 1).astype(np.int8)
+  return (rng.integers(0, 2, (n, NUM_BITS), dtype=np.int8) * 2 - 1).astype(np.int8)
 
 
 def clustered_codes(n, rng, centers, flip):
   """+-1 codes around `centers` with each bit flipped with probability `flip`."""
-  flips = np.where(rng.uniform(size=(n, NUM_BITS)) < flip, -1, 1)
+  flips = np.where(rng.random((n, NUM_BITS), dtype=np.float32) < flip, -1, 1).astype(np.int8)
   return (centers[rng.integers(0, len(centers), n)] * flips).astype(np.int8)
 
 
@@ -111,22 +111,28 @@ def exact_table(kind, repeats):
           f"{f'{ratios.min():.2f}-{ratios.max():.2f}':>20}  {same}")
 
 
+def _rss_mib(field):
+  """VmRSS (now) or VmHWM (peak since the last reset) of this process, MiB."""
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
 def memory_child(name, num_db):
-  """Runs in a fresh process: prints the peak RSS growth (MiB) of one search by `name`."""
+  """Runs in a fresh process: prints the RSS before and the peak RSS during one search."""
   query_codes, db_codes = make_data("uniform", num_db)
   search = methods(db_codes)[name]
-  if "HammingIndex" in name:  # Compiles first, as exact_table does.
-    index_lib.HammingIndex.from_codes(db_codes[:5000]).search(query_codes, TOP_K)
-  before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  if "HammingIndex" in name:  # Compiles and builds the word-major copy first, as timed above.
+    search(query_codes[:1], TOP_K)
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # Resets the peak (VmHWM) to the current RSS.
+  before = _rss_mib("VmRSS")
   search(query_codes, TOP_K)
-  after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  print(json.dumps({"before": before / 1024, "growth": (after - before) / 1024}))
+  print(json.dumps({"before": before, "growth": _rss_mib("VmHWM") - before}))
 
 
 def memory_table():
-  print(f"\nPeak resident memory of one search (fresh process each; the data, "
-        f"{NUM_DB * (NUM_BITS + NUM_BITS // 8) / 2**20:.0f} MiB as +-1 int8 and packed, "
-        f"is resident before)")
+  print("\nPeak resident memory of one search, above the RSS before it (a fresh process "
+        "each; Linux VmHWM reset just before the search)")
   print(f"{'method':<34}{'database':>10}{'RSS before MiB':>16}{'peak growth MiB':>17}")
   for name in ("faiss IndexBinaryFlat", "ucsh_jax.index.HammingIndex",
                "ucsh_jax.metrics.hamming_top_k"):
@@ -159,9 +165,12 @@ def recall(exact_dist, approx_dist):
   return float(np.mean(approx <= exact_dist))
 
 
-def approximate_table(sizes):
+def approximate_table(sizes, faiss_threads):
+  if faiss_threads:
+    faiss.omp_set_num_threads(faiss_threads)
   print(f"\nApproximate faiss exports vs exact HammingIndex.search: top-{TOP_K} of "
-        f"{NUM_QUERIES:,} queries, codes with near neighbours (clusters of ~100, 5% flips)")
+        f"{NUM_QUERIES:,} queries, codes with near neighbours (clusters of ~100, 5% flips); "
+        f"faiss on {faiss.omp_get_max_threads()} threads")
   print(f"{'database':>10}  {'method':<32}{'build s':>8}{'search s':>9}{'/ exact':>8}"
         f"{'recall':>8}")
   for num_db in sizes:
@@ -185,6 +194,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--sizes", default="10000,100000,1000000")
+  parser.add_argument("--faiss_threads", type=int, default=0,
+                      help="OpenMP threads of faiss in the approximate part (0: its default)")
   parser.add_argument("--memory_child", help=argparse.SUPPRESS)
   parser.add_argument("--memory_db", type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -197,7 +208,7 @@ def main():
     exact_table(kind, args.repeats)
   memory_table()
   single_query_table()
-  approximate_table([int(size) for size in args.sizes.split(",")])
+  approximate_table([int(size) for size in args.sizes.split(",")], args.faiss_threads)
 
 
 if __name__ == "__main__":

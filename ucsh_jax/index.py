@@ -129,11 +129,12 @@ class _Scan:
   kernel compiles once per (rows, chunk, words) shape.
   """
 
-  def __init__(self, query_words: np.ndarray, db_words: np.ndarray, bits: int):
+  def __init__(self, query_words: np.ndarray, db_words: np.ndarray, db_word_major: np.ndarray,
+               bits: int):
     self.num_queries, self.num_db, self.bits = len(query_words), len(db_words), bits
     rows = 1 << (self.num_queries - 1).bit_length()
     self.chunk = max(1, min(_BLOCK_SIZE // rows, 1 << (self.num_db - 1).bit_length()))
-    self.query_words, self.db_words = query_words, db_words
+    self.query_words, self.db_words, self.db_word_major = query_words, db_words, db_word_major
     padded = np.zeros((rows, query_words.shape[1]), query_words.dtype)
     padded[:self.num_queries] = query_words
     self.device_queries = jax.device_put(padded, jax.devices("cpu")[0])
@@ -141,22 +142,40 @@ class _Scan:
 
   def _chunk_words(self, start: int) -> np.ndarray:
     """(w, chunk) database words from `start` (word-major), zero padded past the end."""
-    words = self.db_words[start:start + self.chunk]
-    out = np.zeros((words.shape[1], self.chunk), words.dtype)
-    out[:, :len(words)] = words.T
+    words = self.db_word_major[:, start:start + self.chunk]
+    if words.shape[1] == self.chunk:
+      return words
+    out = np.zeros((len(words), self.chunk), words.dtype)
+    out[:, :words.shape[1]] = words
     return out
 
-  def first_thresholds(self, k: int) -> np.ndarray:
-    """(num_queries,) int64 k-th smallest distance of each query in the first items.
+  def _found(self, start: int, flat: np.ndarray
+             ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, positions, distances) of the flat (rows, chunk) indices found in a chunk."""
+    rows, pos = np.divmod(flat, self.chunk)
+    pos += start
+    if start + self.chunk > self.num_db:
+      rows, pos = rows[pos < self.num_db], pos[pos < self.num_db]
+    return rows, pos, _pair_distances(self.query_words[rows], self.db_words[pos])
 
-    An upper bound of the k-th smallest over the whole database; `bits` where the first
-    chunk has fewer than k items. Only the first max(4096, 16 k) items of a long chunk count.
+  def first_candidates(self, k: int
+                       ) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The first chunk: thresholds and the candidates at or below them.
+
+    Returns:
+      (num_queries,) int64 thresholds: the k-th smallest distance of each query among the
+      first max(4096, 16 k) items (an upper bound of the k-th smallest over the whole
+      database; `bits` where the database has fewer than k items), and the chunk's
+      candidates as `candidates` returns them.
     """
     size = min(self.chunk, self.num_db, max(4096, 16 * k))
     dist = np.asarray(_distance_kernel(self.device_queries, self._chunk_words(0),
-                                       self.limit.dtype))[:self.num_queries, :size]
+                                       self.limit.dtype))[:self.num_queries]
     rows = np.repeat(np.arange(self.num_queries), size)
-    return _kth_distance(rows, dist.ravel().astype(np.int64), self.num_queries, k, self.bits)
+    thresh = _kth_distance(rows, dist[:, :size].ravel().astype(np.int64), self.num_queries, k,
+                           self.bits)
+    flat = np.flatnonzero(dist <= thresh[:, None].astype(dist.dtype))
+    return thresh, self._found(0, flat)
 
   def candidates(self, start: int, thresh: np.ndarray
                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,11 +192,7 @@ class _Scan:
     self.limit[:self.num_queries] = thresh + 1
     mask = np.asarray(_within_kernel(self.device_queries, self._chunk_words(start),
                                      self.limit))
-    rows, pos = np.divmod(np.flatnonzero(mask), self.chunk)
-    pos += start
-    if start + self.chunk > self.num_db:
-      rows, pos = rows[pos < self.num_db], pos[pos < self.num_db]
-    return rows, pos, _pair_distances(self.query_words[rows], self.db_words[pos])
+    return self._found(start, np.flatnonzero(mask))
 
 
 def _kth_distance(rows: np.ndarray, dist: np.ndarray, num_rows: int, k: int,
@@ -198,8 +213,8 @@ def _kth_distance(rows: np.ndarray, dist: np.ndarray, num_rows: int, k: int,
   return np.where(enough[:, -1], np.argmax(enough, axis=1), bits)
 
 
-def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, k: int,
-                 bits: int) -> Tuple[np.ndarray, np.ndarray]:
+def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, db_word_major: np.ndarray,
+                 k: int, bits: int) -> Tuple[np.ndarray, np.ndarray]:
   """Exact top-k of a block of queries over the whole database.
 
   Each query's threshold starts at its k-th smallest distance in the first chunk and drops
@@ -209,20 +224,22 @@ def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, k: int,
   Args:
     query_words: (b, w) query words.
     db_words: (n, w) database words, n >= k.
+    db_word_major: the same as (w, n).
     k: neighbours per query.
     bits: code length.
 
   Returns:
     (b, k) int32 distances and (b, k) int64 database positions, by (distance, position).
   """
-  scan = _Scan(query_words, db_words, bits)
+  scan = _Scan(query_words, db_words, db_word_major, bits)
   b, n = scan.num_queries, scan.num_db
   kept = [np.empty(0, np.int64)] * 3  # rows, positions, distances of the candidates
-  pending, num_pending = [], 0
-  thresh = scan.first_thresholds(k)
+  thresh, first = scan.first_candidates(k)
+  pending, num_pending = [first], len(first[0])
   for start in range(0, n, scan.chunk):
-    pending.append(scan.candidates(start, thresh))
-    num_pending += len(pending[-1][0])
+    if start:
+      pending.append(scan.candidates(start, thresh))
+      num_pending += len(pending[-1][0])
     if num_pending > 2 * b * k or start + scan.chunk >= n:
       kept = [np.concatenate(parts) for parts in zip(kept, *pending)]
       pending, num_pending = [], 0
@@ -237,13 +254,14 @@ def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, k: int,
   return dist[take].astype(np.int32), pos[take]
 
 
-def _block_range(query_words: np.ndarray, db_words: np.ndarray, radius: int,
-                 bits: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _block_range(query_words: np.ndarray, db_words: np.ndarray, db_word_major: np.ndarray,
+                 radius: int, bits: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """All database items within `radius` of a block of queries.
 
   Args:
     query_words: (b, w) query words.
     db_words: (n, w) database words.
+    db_word_major: the same as (w, n).
     radius: maximum distance (inclusive).
     bits: code length.
 
@@ -251,7 +269,7 @@ def _block_range(query_words: np.ndarray, db_words: np.ndarray, radius: int,
     (b,) int64 counts of items found per query, then the (m,) int64 distances and database
     positions of the m items found, by (query, distance, position).
   """
-  scan = _Scan(query_words, db_words, bits)
+  scan = _Scan(query_words, db_words, db_word_major, bits)
   thresh = np.full(scan.num_queries, min(radius, bits), np.int64)
   rows, pos, dist = (np.concatenate(parts) for parts in zip(
       *[scan.candidates(start, thresh) for start in range(0, scan.num_db, scan.chunk)]))
@@ -287,14 +305,32 @@ class HammingIndex:
   Attributes:
     bits: code length, a multiple of 8.
     ntotal: number of items.
-    packed: (ntotal, bits / 8) uint8 codes, in id order.
-    ids: (ntotal,) int64 ids, increasing.
+    packed: (ntotal, bits / 8) uint8 codes, in id order (read-only; use add).
+    ids: (ntotal,) int64 ids, increasing (read-only).
   """
 
   def __init__(self, bits: int):
     self.bits = _check_bits(bits)
-    self.packed = np.zeros((0, self.bits // 8), np.uint8)
-    self.ids = np.zeros(0, np.int64)
+    self._set(np.zeros((0, self.bits // 8), np.uint8), np.zeros(0, np.int64))
+
+  def _set(self, packed: np.ndarray, ids: np.ndarray) -> None:
+    self._packed, self._ids = packed, ids
+    self._word_major = None  # (w, ntotal) words, built by the first search.
+
+  @property
+  def packed(self) -> np.ndarray:
+    return self._packed
+
+  @property
+  def ids(self) -> np.ndarray:
+    return self._ids
+
+  def _scan_words(self) -> Tuple[np.ndarray, np.ndarray]:
+    """The database as (ntotal, w) words and, cached, as (w, ntotal) words."""
+    words = _words(self._packed)
+    if self._word_major is None:
+      self._word_major = np.ascontiguousarray(words.T)
+    return words, self._word_major
 
   @property
   def ntotal(self) -> int:
@@ -345,7 +381,7 @@ class HammingIndex:
       repeated = ids[1:][np.diff(ids) == 0]
       if len(repeated):
         raise errors.UserError(f"ids must be distinct, {repeated[0]} is given twice")
-    self.packed, self.ids = packed, ids
+    self._set(packed, ids)
 
   def search(self, query_codes, k: int) -> Tuple[np.ndarray, np.ndarray]:
     """The k nearest items of each query, exact, ties broken by increasing id.
@@ -371,9 +407,9 @@ class HammingIndex:
     ids = np.full((num_queries, k), -1, np.int64)
     if found == 0:
       return distances, ids
-    query_words, db_words = _words(packed_queries), _words(self.packed)
+    query_words, (db_words, db_word_major) = _words(packed_queries), self._scan_words()
     results = _map_blocks(lambda block: _block_top_k(
-        query_words[block], db_words, found, self.bits), num_queries)
+        query_words[block], db_words, db_word_major, found, self.bits), num_queries)
     for block, (dist, pos) in zip(_blocks(num_queries), results):
       distances[block, :found], ids[block, :found] = dist, self.ids[pos]
     return distances, ids
@@ -398,9 +434,9 @@ class HammingIndex:
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
       raise errors.UserError(f"radius must be a non-negative integer, got {radius!r}")
     num_queries = len(packed_queries)
-    query_words, db_words = _words(packed_queries), _words(self.packed)
+    query_words, (db_words, db_word_major) = _words(packed_queries), self._scan_words()
     results = _map_blocks(lambda block: _block_range(
-        query_words[block], db_words, int(radius), self.bits), num_queries)
+        query_words[block], db_words, db_word_major, int(radius), self.bits), num_queries)
     counts, distances, positions = (np.concatenate([np.empty(0, np.int64), *parts])
                                     for parts in zip(*results))
     lims = np.concatenate([[0], np.cumsum(counts)])
@@ -461,8 +497,8 @@ class HammingIndex:
     if zlib.crc32(payload) != crc:
       raise errors.UserError(f"{path} is corrupt: checksum mismatch")
     index = cls(file_bits)
-    index.packed = np.frombuffer(payload, np.uint8, ntotal * nbytes).reshape(ntotal, nbytes)
-    index.ids = np.frombuffer(payload, "<i8", ntotal, ntotal * nbytes).astype(np.int64)
+    index._set(np.frombuffer(payload, np.uint8, ntotal * nbytes).reshape(ntotal, nbytes),
+               np.frombuffer(payload, "<i8", ntotal, ntotal * nbytes).astype(np.int64))
     return index
 
   def to_faiss(self, kind: str = "flat", **params):
