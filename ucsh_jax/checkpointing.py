@@ -45,8 +45,9 @@ class Checkpointer:
         state=ocp.args.StandardRestore(state_target),
         data=grain.checkpoint.CheckpointRestore(data_iterator),
         epoch=ocp.args.StandardRestore(_as_numpy(epoch_target))))
-    epoch_state = type(epoch_target)(**{k: np.asarray(v) for k, v in
-                                        restored["epoch"].items()})
+    saved = {k: np.asarray(v) for k, v in restored["epoch"].items()}
+    epoch_state = type(epoch_target)(**{k: saved.get(k, np.asarray(v)) for k, v in
+                                        epoch_target._asdict().items()})
     return restored["state"], epoch_state
 
   def restore_state(self, step: int, state_target: Any) -> Any:
@@ -62,4 +63,7 @@ class Checkpointer:
 
 
 def _as_numpy(named_tuple: Any) -> dict:
-  return {k: np.asarray(v) for k, v in named_tuple._asdict().items()}
+  """The fields as NumPy arrays; empty ones are left out (Orbax refuses zero-size arrays) and
+  come back from the restore target."""
+  arrays = {k: np.asarray(v) for k, v in named_tuple._asdict().items()}
+  return {k: v for k, v in arrays.items() if v.size}
