@@ -2,9 +2,11 @@
 
   python -m ucsh_jax.main --config=configs/digits.py --workdir=runs/digits
 
-A narrow VGG16 (width 1/8) from random initialisation on 32x32 images; 300 queries, the other
-1,497 images as the database, 1,000 of them for training. Same losses and epoch loop as the
-paper's configs.
+The hash layer and the VAE decoder train on the flattened 8x8 pixels (`model.backbone =
+"none"`) behind a trainable top, with the options of `configs/features.py`: the hash layer
+starts as ITQ, L_2's targets are cosine neighbour ranks, no clustering term. 300 queries, the
+other 1,497 images as the database, 1,000 of them for training. Same losses and epoch loop as
+the paper's configs.
 """
 
 from configs import cifar
@@ -12,12 +14,17 @@ from configs import cifar
 
 def get_config():
   config = cifar.get_config()
-  config.num_epochs = 10
+  config.num_epochs = 30
   config.batch_size = 64
   config.num_clusters = 10
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.decay_every_epochs = 8
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.decay_every_epochs = 1000  # Constant learning rate.
+  config.optimizer.feature_lr_scale = 0.1
+  config.loss.beta = 0.0
+  config.similarity.target = "neighbours"
   config.model.backbone = "none"
+  config.model.top = "fc"
+  config.model.hash_init = "itq"
   config.model.width = 0.125  # Used when --config.model.backbone=vgg16.
   config.model.pooled_size = 1
   config.model.decoder_hidden = 256
@@ -31,5 +38,6 @@ def get_config():
   config.eval.every_epochs = 0
   config.eval.batch_size = 256
   config.log_every_steps = 15
-  config.checkpoint_every_steps = 100
+  config.checkpoint_every_steps = 100000
+  config.checkpoint_every_epochs = 1000  # Only at the end (and every checkpoint_every_steps).
   return config

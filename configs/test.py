@@ -12,6 +12,11 @@ def get_config():
   config.kmeans_iters = 5
   config.threshold_samples = 128
   config.model.backbone = "vgg16"
+  config.model.top = "none"  # The VGG16's own fc7 plays that role.
+  config.model.hash_init = "random"
+  config.similarity.target = "cosine"
+  config.loss.beta = 10.0
+  config.optimizer.feature_lr_scale = 1.0
   config.model.width = 1 / 32
   config.model.decoder_hidden = 16
   config.data.image_size = 32
@@ -21,4 +26,5 @@ def get_config():
   config.eval.batch_size = 64
   config.log_every_steps = 2
   config.checkpoint_every_steps = 3
+  config.checkpoint_every_epochs = 1
   return config

@@ -1,0 +1,226 @@
+"""Retrieval quality: UCSH, its ablations, SSDH and the shallow baselines on the same features.
+
+  nice python -m benchmarks.quality --data=/work/shared/data/cifar-mini-deepfeat.npz \
+      --topk=1000 --out=runs/quality_dev
+  nice python -m benchmarks.quality --config=configs/digits.py --out=runs/quality_digits
+
+With --data (a feature file) the UCSH rows use `configs/features.py` and SSDH
+`configs/ssdh.py:features`; with --config (e.g. the digits demo) that config is UCSH's and the
+others are derived from it the same way. Rows, each at every code length and seed:
+  UCSH                the config as shipped;
+  UCSH, paper         the paper's objective on the same network (trainable top on): cosine S,
+                      clustering beta = 10, random hash-layer start;
+  UCSH-V/-C/-S/-R     the ablations of that objective (Table 2);
+  SSDH                thresholded S in {+1, 0, -1}, its loss alone, tanh codes;
+  LSH, ITQ, SH, SpH   fit on the training split of the same inputs;
+  cosine              the real-valued cosine ranking of the inputs (no hashing), the ceiling.
+Printed and written as mean +- std over the seeds to OUT/quality.json and OUT/quality.md.
+Every run trains through `train.train_and_evaluate` in a temporary workdir; compiled programs
+are shared through a compilation cache, so each (row, code length) compiles once.
+"""
+
+import copy
+import importlib.util
+import json
+import os
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from configs import features as features_config
+from configs import ssdh as ssdh_config
+from ucsh_jax import baselines
+from ucsh_jax import evaluate
+from ucsh_jax import inference
+from ucsh_jax import tables
+from ucsh_jax import train
+
+_DATA = flags.DEFINE_string("data", "", "Feature file (.npz); or give --config.")
+_CONFIG = flags.DEFINE_string("config", "", "Config file for UCSH (e.g. configs/digits.py).")
+_TOPK = flags.DEFINE_integer("topk", 0, "MAP@topk; 0: the config's eval.topk, -1: all.")
+_BITS = flags.DEFINE_list("bits", ["16", "32", "64"], "Code lengths.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (splits unless the file has them, "
+                           "initialisation, shuffling, baselines' keys).")
+_ROWS = flags.DEFINE_list("rows", ["ucsh", "paper", "V", "C", "S", "R", "ssdh", "lsh", "itq",
+                                   "sh", "sph", "cosine"], "Rows to measure.")
+_OUT = flags.DEFINE_string("out", "runs/quality", "Output directory.")
+
+SHALLOW = ("lsh", "itq", "sh", "sph")
+ROW_NAMES = {"ucsh": "UCSH (config as shipped)", "paper": "UCSH, paper's objective",
+             "V": "UCSH-V (paper's, alpha = 0)", "C": "UCSH-C (paper's, beta = 0)",
+             "S": "UCSH-S (paper's, gamma = 0)", "R": "UCSH-R (paper's, tanh relaxation)",
+             "ssdh": "SSDH", "cosine": "cosine ranking of the inputs (real-valued)",
+             **tables.METHOD_NAMES}
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location("quality_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def paper_objective(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper's method on the same network and schedule: cosine S, clustering, random start."""
+  config = copy.deepcopy(config)
+  paper = features_config.cifar.get_config()
+  config.similarity.target = paper.similarity.target
+  config.loss.alpha, config.loss.beta = paper.loss.alpha, paper.loss.beta
+  config.loss.gamma, config.loss.balance = paper.loss.gamma, paper.loss.balance
+  config.model.hash_init = paper.model.hash_init
+  return config
+
+
+def ssdh_like(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """SSDH's targets, loss and codes on the same network and schedule."""
+  config = copy.deepcopy(config)
+  ssdh = ssdh_config.get_config("features")
+  config.similarity.target = ssdh.similarity.target
+  config.loss.alpha, config.loss.beta, config.loss.gamma = 0.0, 0.0, 0.0
+  config.model.code_activation = ssdh.model.code_activation
+  config.model.hash_init = ssdh.model.hash_init
+  return config
+
+
+def row_configs(base: ml_collections.ConfigDict) -> Dict[str, ml_collections.ConfigDict]:
+  paper = paper_objective(base)
+  rows = {"ucsh": base, "paper": paper, "ssdh": ssdh_like(base)}
+  for ablation in ("V", "C", "S", "R"):
+    rows[ablation] = copy.deepcopy(paper)
+    rows[ablation].ablation = ablation
+  return rows
+
+
+def train_map(config: ml_collections.ConfigDict) -> float:
+  with tempfile.TemporaryDirectory() as workdir:
+    return train.train_and_evaluate(config, workdir)["map"]
+
+
+def input_features(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """The inputs the network hashes (no top), per split, with labels."""
+  config = copy.deepcopy(config)
+  config.model.top, config.model.hash_init = "none", "random"
+  run = train.setup(config, workdir)
+  forward = inference.make_forward(run.model, run.mesh)
+  labels = np.asarray(run.source.labels)
+  out = {}
+  for split in ("query", "database", "train"):
+    indices = getattr(run.splits, split)
+    out[split] = inference.outputs_for(forward, run.state.params, run.source, indices,
+                                       "features", **train.eval_kwargs(run))
+    out[split + "_labels"] = labels[indices]
+  return out
+
+
+def cosine_map(feats: Dict[str, Any], topk: int) -> float:
+  """MAP@topk of ranking the database by cosine to each query (ties by database index)."""
+  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  scores = unit(feats["query"]) @ unit(feats["database"]).T
+  depth = scores.shape[1] if topk <= 0 else min(topk, scores.shape[1])
+  order = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+  ql, dl = feats["query_labels"], feats["database_labels"]
+  if ql.ndim == 1:
+    rel = ql[:, None] == dl[order]
+  else:
+    rel = np.einsum("qc,qkc->qk", ql.astype(np.int64), dl[order].astype(np.int64)) > 0
+  hits = np.cumsum(rel, axis=1)
+  total = np.sum(np.where(rel, hits / np.arange(1, depth + 1), 0.0), axis=1)
+  return float(np.mean(np.where(hits[:, -1] > 0, total / np.maximum(hits[:, -1], 1), 0.0)))
+
+
+def shallow_map(name: str, feats: Dict[str, Any], bits: int, seed: int, topk: int) -> float:
+  method = baselines.METHODS[name]
+  params = method.fit(feats["train"], bits, jax.random.fold_in(jax.random.key(seed), bits))
+  codes = {"query_codes": np.asarray(method.encode(params, feats["query"]), np.int8),
+           "database_codes": np.asarray(method.encode(params, feats["database"]), np.int8),
+           "query_labels": feats["query_labels"], "database_labels": feats["database_labels"]}
+  return evaluate.score(codes, topk)["map"]
+
+
+def measure(base: ml_collections.ConfigDict, rows: Sequence[str], bits: Sequence[int],
+            seeds: Sequence[int], log: Callable[[str], None]) -> Dict[str, Dict[str, List[float]]]:
+  """{row: {str(bits): [MAP per seed]}} ("cosine" has one value per seed, the same at every
+  code length)."""
+  configs = row_configs(base)
+  maps: Dict[str, Dict[str, List[float]]] = {r: {str(b): [] for b in bits} for r in rows}
+  for seed in seeds:
+    seeded = copy.deepcopy(base)
+    seeded.seed = seed
+    with tempfile.TemporaryDirectory() as workdir:
+      feats = input_features(seeded, workdir)
+    for row in rows:
+      for b in bits:
+        start = time.time()
+        if row == "cosine":
+          value = cosine_map(feats, base.eval.topk)
+        elif row in SHALLOW:
+          value = shallow_map(row, feats, b, seed, base.eval.topk)
+        else:
+          config = copy.deepcopy(configs[row])
+          config.seed, config.bits = seed, b
+          value = train_map(config)
+        maps[row][str(b)].append(value)
+        log(f"seed {seed} {row} {b} bits: {value:.4f} ({time.time() - start:.1f} s)")
+  return maps
+
+
+def summary(maps: Dict[str, Dict[str, List[float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
+  return {row: {b: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+                for b, v in by_bits.items()} for row, by_bits in maps.items()}
+
+
+def markdown(results: Dict[str, Any]) -> str:
+  bits = results["bits"]
+  header = ["Method"] + [f"{b} bits" for b in bits]
+  rows = [[ROW_NAMES[row]] + [f"{s[str(b)]['mean']:.3f} ± {s[str(b)]['std']:.3f}" for b in bits]
+          for row, s in results["summary"].items()]
+  return (f"{tables.map_label(results['topk'])} on {results['inputs']}, mean ± std over seeds "
+          f"{results['seeds']} ({results['elapsed_s']:.0f} s).\n\n"
+          + tables.markdown_table(header, rows) + "\n")
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  if bool(_DATA.value) == bool(_CONFIG.value):
+    raise app.UsageError("give exactly one of --data (a feature file) or --config")
+  # One compilation per program across all the runs of this process.
+  jax.config.update("jax_compilation_cache_dir",
+                    os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                   os.path.join(tempfile.gettempdir(), "ucsh-quality-cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  if _DATA.value:
+    base = features_config.get_config()
+    base.data.path = _DATA.value
+    inputs = _DATA.value
+  else:
+    base = load_config(_CONFIG.value)
+    inputs = f"{_CONFIG.value} ({base.data.name})"
+  if _TOPK.value:
+    base.eval.topk = _TOPK.value
+  bits, seeds = [int(b) for b in _BITS.value], [int(s) for s in _SEEDS.value]
+  unknown = sorted(set(_ROWS.value) - set(ROW_NAMES))
+  if unknown:
+    raise app.UsageError(f"unknown rows {unknown}; expected some of {sorted(ROW_NAMES)}")
+  os.makedirs(_OUT.value, exist_ok=True)
+  start = time.time()
+  maps = measure(base, _ROWS.value, bits, seeds, lambda line: print(line, flush=True))
+  results = {"inputs": inputs, "topk": base.eval.topk if base.eval.topk > 0 else None,
+             "bits": bits, "seeds": seeds, "maps": maps, "summary": summary(maps),
+             "elapsed_s": round(time.time() - start, 1)}
+  evaluate.write_json(os.path.join(_OUT.value, "quality.json"), results)
+  text = markdown(results)
+  with open(os.path.join(_OUT.value, "quality.md"), "w") as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
