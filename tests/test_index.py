@@ -234,19 +234,20 @@ def test_flat_faiss_export_differs_only_within_ties():
   ids = rng.choice(100_000, 3000, replace=False)
   index = _index_in_parts(db_codes, ids)
   distances, found = index.search(query_codes, 25)
-  faiss_distances, faiss_ids = index.to_faiss("flat").search(np.packbits(query_codes > 0, axis=1), 25)
+  packed_queries = np.packbits(query_codes > 0, axis=1)
+  faiss_distances, faiss_ids = index.to_faiss("flat").search(packed_queries, 25)
   np.testing.assert_array_equal(faiss_distances, distances)
-  true_distance = dict(zip(ids.tolist(), range(len(ids))))
+  row_of = dict(zip(ids.tolist(), range(len(ids))))
   dist = _brute_distances(query_codes, db_codes)
   for q in range(len(query_codes)):
     # faiss's ids are at the distances it reports; below the k-th distance it finds the same set.
-    rows = [true_distance[i] for i in faiss_ids[q]]
+    rows = [row_of[i] for i in faiss_ids[q]]
     np.testing.assert_array_equal(dist[q, rows], faiss_distances[q])
     below = distances[q] < distances[q, -1]
     assert set(faiss_ids[q][below]) == set(found[q][below])
   # The k-th distance splits ties in most rows, so the check above does look at ties.
-  cut = [np.count_nonzero(dist[q] == distances[q, -1]) > np.count_nonzero(distances[q] == distances[q, -1])
-         for q in range(len(query_codes))]
+  kth = distances[:, -1:]
+  cut = np.count_nonzero(dist == kth, axis=1) > np.count_nonzero(distances == kth, axis=1)
   assert np.mean(cut) > 0.5
 
 

@@ -7,10 +7,14 @@ set). The code length must be a multiple of 8; any other length is refused with 
 
 Search is exact and ranks by (Hamming distance, id): equal distances come back in increasing id
 order, as in `ucsh_jax.metrics` (where the id is the database index). The index keeps its items
-sorted by id, so that this order is the storage order and the scan can take each query's nearest
-items chunk by chunk: distances by XOR + popcount on 64-bit words, and per chunk only the items
-at or below the query's running k-th smallest distance are kept (a counting selection on the
-distance range 0..bits). Memory is bounded by the chunk sizes, not by the database.
+sorted by id, so that this order is the storage order. The scan takes blocks of up to 256
+queries (on one thread per CPU core) over chunks of the database: one jitted XLA kernel on the
+CPU computes XOR, popcount and the comparison with each query's running threshold in one pass,
+and only the items at or below it are kept. The threshold starts at the k-th smallest distance
+among the first items and drops to the k-th smallest of the candidates found so far (a counting
+selection on the distance range 0..bits), so that later chunks yield only items that can still
+rank. The kernel compiles once per block shape; memory is bounded by the chunk sizes, plus a
+word-major copy of the codes that the first search builds.
 
 The file format (`save`/`load`), version 1, little-endian:
 
@@ -47,9 +51,9 @@ MAGIC = b"UCSHHAM\0"
 VERSION = 1
 _HEADER = struct.Struct("<8sIIQII")
 
-# Queries per block and (queries x database items) per step of the scan: the block's
-# uint64 words stay in the CPU's cache. Blocks of queries run on up to _THREADS threads
-# (NumPy releases the GIL in its loops).
+# Queries per block and (queries x database items) per kernel call of the scan: the call's
+# mask stays in the CPU's cache. Blocks of queries run on up to _THREADS threads (the kernel
+# and NumPy's loops release the GIL).
 _QUERY_BLOCK = 256
 _BLOCK_SIZE = 1 << 18
 _THREADS = min(8, len(os.sched_getaffinity(0)))
