@@ -15,17 +15,19 @@ others are derived from it the same way. Rows, each at every code length and see
   LSH, ITQ, SH, SpH   fit on the training split of the same inputs;
   cosine              the real-valued cosine ranking of the inputs (no hashing), the ceiling.
 Printed and written as mean +- std over the seeds to OUT/quality.json and OUT/quality.md.
-Every run trains through `train.train_and_evaluate` in a temporary workdir; compiled programs
-are shared through a compilation cache, so each (row, code length) compiles once.
+Every run trains through `train.train_and_evaluate` in a temporary workdir, --jobs of them at a
+time in worker processes; compiled programs are shared through a compilation cache on disk, so
+each (row, code length) compiles about once.
 """
 
+from concurrent import futures
 import copy
 import importlib.util
-import json
+import multiprocessing
 import os
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -51,6 +53,7 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (splits unless the f
 _ROWS = flags.DEFINE_list("rows", ["ucsh", "paper", "V", "C", "S", "R", "ssdh", "lsh", "itq",
                                    "sh", "sph", "cosine"], "Rows to measure.")
 _OUT = flags.DEFINE_string("out", "runs/quality", "Output directory.")
+_JOBS = flags.DEFINE_integer("jobs", 2, "Training runs in parallel (worker processes).")
 
 SHALLOW = ("lsh", "itq", "sh", "sph")
 ROW_NAMES = {"ucsh": "UCSH (config as shipped)", "paper": "UCSH, paper's objective",
@@ -98,9 +101,21 @@ def row_configs(base: ml_collections.ConfigDict) -> Dict[str, ml_collections.Con
   return rows
 
 
-def train_map(config: ml_collections.ConfigDict) -> float:
+def _use_compilation_cache() -> None:
+  """One compilation per program across all the runs (and worker processes) of a benchmark."""
+  jax.config.update("jax_compilation_cache_dir",
+                    os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                   os.path.join(tempfile.gettempdir(), "ucsh-quality-cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def train_map(config: ml_collections.ConfigDict) -> Tuple[float, float]:
+  """(MAP, seconds) of one training run in a temporary workdir."""
+  logging.set_verbosity(logging.WARNING)
+  _use_compilation_cache()
+  start = time.time()
   with tempfile.TemporaryDirectory() as workdir:
-    return train.train_and_evaluate(config, workdir)["map"]
+    return train.train_and_evaluate(config, workdir)["map"], time.time() - start
 
 
 def input_features(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -145,30 +160,35 @@ def shallow_map(name: str, feats: Dict[str, Any], bits: int, seed: int, topk: in
 
 
 def measure(base: ml_collections.ConfigDict, rows: Sequence[str], bits: Sequence[int],
-            seeds: Sequence[int], log: Callable[[str], None]) -> Dict[str, Dict[str, List[float]]]:
-  """{row: {str(bits): [MAP per seed]}} ("cosine" has one value per seed, the same at every
-  code length)."""
+            seeds: Sequence[int], jobs: int,
+            log: Callable[[str], None]) -> Dict[str, Dict[str, List[float]]]:
+  """{row: {str(bits): [MAP per seed, in seed order]}} ("cosine" is the same at every code
+  length). The training runs go to `jobs` worker processes; the rest runs here meanwhile."""
   configs = row_configs(base)
-  maps: Dict[str, Dict[str, List[float]]] = {r: {str(b): [] for b in bits} for r in rows}
-  for seed in seeds:
-    seeded = copy.deepcopy(base)
-    seeded.seed = seed
-    with tempfile.TemporaryDirectory() as workdir:
-      feats = input_features(seeded, workdir)
-    for row in rows:
-      for b in bits:
-        start = time.time()
-        if row == "cosine":
-          value = cosine_map(feats, base.eval.topk)
-        elif row in SHALLOW:
-          value = shallow_map(row, feats, b, seed, base.eval.topk)
-        else:
-          config = copy.deepcopy(configs[row])
-          config.seed, config.bits = seed, b
-          value = train_map(config)
-        maps[row][str(b)].append(value)
-        log(f"seed {seed} {row} {b} bits: {value:.4f} ({time.time() - start:.1f} s)")
-  return maps
+  values: Dict[Tuple[str, int, int], float] = {}
+  trained = [(row, b, seed) for seed in seeds for row in rows if row in configs for b in bits]
+  with futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pending = {}
+    for row, b, seed in trained:
+      config = copy.deepcopy(configs[row])
+      config.seed, config.bits = seed, b
+      pending[pool.submit(train_map, config)] = (row, b, seed)
+    for seed in seeds:
+      seeded = copy.deepcopy(base)
+      seeded.seed = seed
+      with tempfile.TemporaryDirectory() as workdir:
+        feats = input_features(seeded, workdir)
+      for row in rows:
+        for b in bits:
+          if row == "cosine":
+            values[row, b, seed] = cosine_map(feats, base.eval.topk)
+          elif row in SHALLOW:
+            values[row, b, seed] = shallow_map(row, feats, b, seed, base.eval.topk)
+    for done in futures.as_completed(pending):
+      (row, b, seed), (value, seconds) = pending[done], done.result()
+      values[row, b, seed] = value
+      log(f"seed {seed} {row} {b} bits: {value:.4f} ({seconds:.1f} s)")
+  return {row: {str(b): [values[row, b, seed] for seed in seeds] for b in bits} for row in rows}
 
 
 def summary(maps: Dict[str, Dict[str, List[float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -191,11 +211,7 @@ def main(argv: Sequence[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   if bool(_DATA.value) == bool(_CONFIG.value):
     raise app.UsageError("give exactly one of --data (a feature file) or --config")
-  # One compilation per program across all the runs of this process.
-  jax.config.update("jax_compilation_cache_dir",
-                    os.environ.get("JAX_COMPILATION_CACHE_DIR",
-                                   os.path.join(tempfile.gettempdir(), "ucsh-quality-cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  _use_compilation_cache()
   if _DATA.value:
     base = features_config.get_config()
     base.data.path = _DATA.value
@@ -211,7 +227,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unknown rows {unknown}; expected some of {sorted(ROW_NAMES)}")
   os.makedirs(_OUT.value, exist_ok=True)
   start = time.time()
-  maps = measure(base, _ROWS.value, bits, seeds, lambda line: print(line, flush=True))
+  maps = measure(base, _ROWS.value, bits, seeds, _JOBS.value,
+                 lambda line: print(line, flush=True))
   results = {"inputs": inputs, "topk": base.eval.topk if base.eval.topk > 0 else None,
              "bits": bits, "seeds": seeds, "maps": maps, "summary": summary(maps),
              "elapsed_s": round(time.time() - start, 1)}

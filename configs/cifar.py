@@ -36,7 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   # num_neighbours nearest training images by cosine, symmetrised, else -1) or "ssdh"
   # (+1 / 0 / -1 from SSDH's two thresholds, 0 ignored).
   config.similarity.target = "cosine"
-  config.similarity.num_neighbours = 0  # m for "neighbours"; 0 = a tenth of the training set.
+  # m for "neighbours"; 0 = a tenth of the training set at 16 bits, a twentieth above.
+  config.similarity.num_neighbours = 0
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"  # "adam" or "sgd" (with momentum); the paper names none.

@@ -70,11 +70,13 @@ def test_paper_balance_weights(bits):
     experiment.loss_weights(digits.get_config())
 
 
-def test_neighbour_count_is_a_tenth_of_the_training_set_by_default():
+def test_neighbour_count_by_default_a_tenth_of_the_training_set_at_16_bits():
   config = cifar.get_config()
   assert experiment.num_neighbours(config, 1000) == 0  # Cosine targets need none.
   config.similarity.target = "neighbours"
   assert experiment.num_neighbours(config, 1000) == 100
+  config.bits = 32
+  assert experiment.num_neighbours(config, 1000) == 50
   config.similarity.num_neighbours = 250
   assert experiment.num_neighbours(config, 1000) == 250
 
