@@ -60,7 +60,7 @@ def test_line_every_interval_with_rate_and_eta(monkeypatch):
 
 def test_outputs_for_reports_feature_extraction_and_encoding(tmp_path, lines):
   rng = np.random.default_rng(0)
-  np.savez(tmp_path / "f.npz", features=rng.random((50, 6)).astype(np.float32),
+  np.savez(tmp_path / "f.npz", features=rng.random((50, 12)).astype(np.float32),
            labels=rng.integers(0, 3, 50))
   config = features_config.get_config()
   config.data.path = str(tmp_path / "f.npz")

@@ -158,6 +158,25 @@ def test_figures_draw_the_curves_with_map_in_the_legend(report):
   np.testing.assert_array_equal(pr.get_ydata(), ucsh.precision_R)
 
 
+def test_training_figures_draw_the_logged_scalars(report):
+  workdir, config, _ = report
+  scalars = events.read_scalars(workdir)
+  steps_per_epoch = config.data.num_train // config.batch_size
+  logged = [t for t in plots.LOSS_TERMS if t in scalars]
+  assert {"loss", "loss_l2", "loss_vae", "loss_clustering", "loss_separating"} <= set(logged)
+  steps = scalars["loss"][0]
+  assert steps.tolist() == list(range(2, 2 * steps_per_epoch + 1, 2))  # Every logging interval.
+  panels = plots.losses(scalars).axes
+  assert [ax.get_title() for ax in panels] == logged
+  for ax, term in zip(panels, logged):
+    np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), scalars[term][1])
+  threshold_steps, values = scalars["threshold"]
+  assert threshold_steps.tolist() == [0, steps_per_epoch]  # One per epoch.
+  line = plots.threshold(threshold_steps, values, steps_per_epoch).axes[0].get_lines()[0]
+  np.testing.assert_array_equal(line.get_xdata(), [0, 1])
+  np.testing.assert_array_equal(line.get_ydata(), values)
+
+
 def test_gallery_borders_and_distances_match_the_codes(report):
   workdir, _, page_path = report
   rows = _parse(_read(page_path)).rows

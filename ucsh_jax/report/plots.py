@@ -13,7 +13,10 @@ from ucsh_jax.report import curves as curves_lib
 from ucsh_jax.report import events
 
 _SIZE = (6.0, 4.2)
-LOSS_TERMS = ("loss", "loss_l2", "loss_vae", "loss_clustering", "loss_separating")
+# The train step's scalars (train_step.py), in panel order; the VAE term and its two parts.
+LOSS_TERMS = ("loss", "loss_l2", "loss_clustering", "loss_separating", "loss_vae",
+              "loss_reconstruction", "loss_kl")
+_LOSS_COLUMNS = 4
 
 
 def _axes(title: str, xlabel: str, ylabel: str, size=_SIZE):
@@ -73,9 +76,12 @@ def precision_within_radius(group: Sequence[curves_lib.Curves],
 def losses(scalars: Dict[str, events.Series]) -> figure_lib.Figure:
   """One panel per loss term, averaged over each logging interval, against the step."""
   terms = [t for t in LOSS_TERMS if t in scalars]
-  fig = figure_lib.Figure(figsize=(3.2 * len(terms), 3.0), dpi=100, layout="constrained")
+  columns = min(len(terms), _LOSS_COLUMNS)
+  rows = -(-len(terms) // columns)
+  fig = figure_lib.Figure(figsize=(3.2 * columns, 2.6 * rows + 0.4), dpi=100,
+                          layout="constrained")
   for i, term in enumerate(terms):
-    ax = fig.add_subplot(1, len(terms), i + 1)
+    ax = fig.add_subplot(rows, columns, i + 1)
     steps, values = scalars[term]
     ax.plot(steps, values, marker=".")
     ax.set(title=term, xlabel="step")
