@@ -87,6 +87,16 @@ def test_k_beyond_ntotal_pads_with_minus_one():
   assert np.all(distances == -1) and np.all(found == -1) and distances.shape == (3, 2)
 
 
+def test_empty_index_and_no_queries():
+  empty, index = index_lib.HammingIndex(16), index_lib.HammingIndex.from_codes(np.ones((5, 16)))
+  lims, distances, found = empty.range_search(np.ones((2, 16)), 3)
+  assert lims.tolist() == [0, 0, 0] and len(distances) == len(found) == 0
+  lims, distances, found = index.range_search(np.ones((0, 16)), 3)
+  assert lims.tolist() == [0] and len(distances) == len(found) == 0
+  distances, found = index.search(np.ones((0, 16)), 3)
+  assert distances.shape == found.shape == (0, 3)
+
+
 @pytest.mark.parametrize("radius", [0, 3, 9])
 def test_range_search_matches_brute_force(radius, monkeypatch):
   monkeypatch.setattr(index_lib, "_BLOCK_SIZE", 8 * 100)

@@ -438,11 +438,13 @@ class HammingIndex:
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
       raise errors.UserError(f"radius must be a non-negative integer, got {radius!r}")
     num_queries = len(packed_queries)
+    if not self.ntotal:
+      return np.zeros(num_queries + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
     query_words, (db_words, db_word_major) = _words(packed_queries), self._scan_words()
     results = _map_blocks(lambda block: _block_range(
         query_words[block], db_words, db_word_major, int(radius), self.bits), num_queries)
-    counts, distances, positions = (np.concatenate([np.empty(0, np.int64), *parts])
-                                    for parts in zip(*results))
+    none = (np.empty(0, np.int64),) * 3  # For no queries.
+    counts, distances, positions = (np.concatenate(parts) for parts in zip(none, *results))
     lims = np.concatenate([[0], np.cumsum(counts)])
     return lims, distances.astype(np.int32), self.ids[positions]
 
