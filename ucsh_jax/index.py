@@ -56,7 +56,8 @@ _HEADER = struct.Struct("<8sIIQII")
 # and NumPy's loops release the GIL).
 _QUERY_BLOCK = 256
 _BLOCK_SIZE = 1 << 18
-_THREADS = min(8, len(os.sched_getaffinity(0)))
+_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
 
 
 def _check_bits(bits) -> int:
