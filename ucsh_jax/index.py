@@ -254,8 +254,8 @@ def _block_top_k(query_words: np.ndarray, db_words: np.ndarray, db_word_major: n
   rows, pos, dist = kept
   order = _ranked(rows, dist, pos, bits, n)
   counts = np.bincount(rows, minlength=b)
-  first = np.cumsum(counts) - counts
-  take = order[first[:, None] + np.arange(k)]
+  row_start = np.cumsum(counts) - counts
+  take = order[row_start[:, None] + np.arange(k)]
   return dist[take].astype(np.int32), pos[take]
 
 
