@@ -69,15 +69,21 @@ def _train_rows(splits: data.Splits) -> np.ndarray:
 def extract_features(run: train.Run) -> Dict[str, np.ndarray]:
   """Features {"query", "database", "train"}, each (len(split), d) float32 in split order.
 
-  fc7 of the run's initial parameters in eval mode (a feature file's own vectors for a feature
-  source); the training rows are taken from the database rows (train is a subset of it).
+  fc7 of the run's initial parameters in eval mode, or a feature file's own vectors (not the
+  output of the model's trainable top); the training rows are taken from the database rows
+  (train is a subset of it).
   """
-  forward = inference.make_forward(run.model, run.mesh)
   features = {}
-  for name in ("query", "database"):
-    features[name] = inference.outputs_for(forward, run.state.params, run.source,
-                                           getattr(run.splits, name), "features",
-                                           **train.eval_kwargs(run))
+  if run.source.kind == "features":
+    for name in ("query", "database"):
+      features[name] = np.stack([np.asarray(run.source[int(i)]["features"], np.float32)
+                                 for i in getattr(run.splits, name)])
+  else:
+    forward = inference.make_forward(run.model, run.mesh)
+    for name in ("query", "database"):
+      features[name] = inference.outputs_for(forward, run.state.params, run.source,
+                                             getattr(run.splits, name), "features",
+                                             **train.eval_kwargs(run))
   features["train"] = features["database"][_train_rows(run.splits)]
   return features
 
@@ -166,7 +172,8 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str,
   start_time = time.time()
   methods, bits = list(methods), [int(b) for b in bits]
   _check_choice(methods, bits)
-  run = train.setup(config, workdir)
+  # A feature file needs no network: its model is only described (not initialised).
+  run = train.setup(config, workdir, restoring=config.data.name == "features")
   features = extract_features(run)
   labels = np.asarray(run.source.labels)
   codes = encode_methods(features, methods=methods, bits=bits, seed=config.seed)
