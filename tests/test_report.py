@@ -15,6 +15,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import tiny_runs
 from configs import digits as digits_config
 from ucsh_jax import errors
 from ucsh_jax import metrics
@@ -321,18 +322,29 @@ def test_relevance_of_multi_hot_labels_is_a_shared_label():
   np.testing.assert_array_equal(gallery.shares_label(3, np.array([3, 1, 3])), [True, False, True])
 
 
-def test_feature_sources_have_no_images_and_say_so(report, tmp_path):
-  workdir, _, _ = report
-
-  class Features:
-    kind = "features"
-
-  from ucsh_jax.report import runs  # pylint: disable=g-import-not-at-top
-  entry, _ = runs.load_ucsh(workdir)
-  text = gallery.render(gallery.rows(entry), Features(), str(tmp_path))
-  assert "there are no images" in text and "<img" not in text
-  assert len(_parse(text).rows) == gallery.NUM_QUERIES
-  assert not os.path.exists(tmp_path / gallery.FOLDER)
+def test_a_multi_label_feature_file_run_has_curves_and_says_it_has_no_images(tmp_path):
+  workdir, _, _ = tiny_runs.features_run(str(tmp_path))
+  page_path = build.write_report(workdir)
+  text = _read(page_path)
+  page = _parse(text)
+  assert "there are no images" in text
+  assert not any(src.startswith("gallery/") for src in page.images)
+  assert {"pr_8.png", "precision_at_k_8.png", "bit_balance.png"} <= set(page.images)
+  assert not os.path.exists(os.path.join(os.path.dirname(page_path), gallery.FOLDER))
+  codes = _codes(workdir)
+  db_ids = list(codes["database_ids"])
+  assert len(page.rows) == gallery.NUM_QUERIES
+  for row in page.rows:
+    q = list(codes["query_ids"]).index(row["query"])
+    for hit in row["hits"]:
+      j = db_ids.index(int(hit["data-item"]))
+      shared = bool(np.any(codes["query_labels"][q] & codes["database_labels"][j]))
+      assert hit["data-relevant"] == str(int(shared))
+  with open(os.path.join(os.path.dirname(page_path), "data.json")) as f:
+    (curve,) = json.load(f)["curves"]["8"]
+  assert curve["map"] == pytest.approx(metrics.mean_average_precision(
+      codes["query_codes"], codes["database_codes"], codes["query_labels"],
+      codes["database_labels"], topk=curve["topk"]), abs=1e-12)
 
 
 def test_event_files_later_value_wins_and_a_cut_file_ends_cleanly(tmp_path):
