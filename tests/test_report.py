@@ -280,7 +280,14 @@ def test_a_compared_run_of_another_code_length_is_its_own_group(report, tmp_path
   assert plotted["8"][2]["map"] == pytest.approx(metrics.mean_average_precision(
       codes["query_codes"], codes["database_codes"], codes["query_labels"],
       codes["database_labels"]), abs=1e-12)
-  build.write_report(workdir)  # The shared page again, without the comparison.
+  baselines = os.path.join(workdir, "baselines", "baselines.json")
+  shutil.move(baselines, tmp_path / "baselines.json")
+  try:  # Without the baselines, no 8-bit figure stays behind.
+    page = build.write_report(workdir)
+    assert not any("_8" in name for name in os.listdir(os.path.dirname(page)))
+  finally:
+    shutil.move(tmp_path / "baselines.json", baselines)
+  build.write_report(workdir)  # The shared page again.
 
 
 def test_codes_older_than_the_latest_checkpoint_are_encoded_again(report):

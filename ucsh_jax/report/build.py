@@ -4,8 +4,10 @@ import html
 import json
 import os
 import re
+import shutil
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import ml_collections
 import numpy as np
 
 from ucsh_jax import data
@@ -39,7 +41,8 @@ td, th { padding: 2px 10px; text-align: left; }
 """
 
 
-def _collect(workdir: str, compare: Sequence[str]) -> Tuple[List[runs.MethodCodes], object]:
+def _collect(workdir: str,
+             compare: Sequence[str]) -> Tuple[List[runs.MethodCodes], ml_collections.ConfigDict]:
   """The report's run first, then baselines under the workdir, then the --compare workdirs."""
   main, config = runs.load_ucsh(workdir)
   entries, seen = [main], {os.path.realpath(workdir)}
@@ -120,13 +123,16 @@ def _retrieval_section(groups: Dict[int, List[runs.MethodCodes]], out_dir: str):
 def write_report(workdir: str, compare: Sequence[str] = ()) -> str:
   """Writes WORKDIR/report/ (index.html, the PNGs, gallery/ and data.json); returns the page.
 
+  The folder is replaced as a whole, once the compared runs have been accepted.
+
   Args:
     workdir: a UCSH run's workdir (encoded first when codes.npz is missing).
     compare: more workdirs (UCSH runs or baselines) on the same splits and topk.
   """
-  out_dir = os.path.join(workdir, FOLDER)
-  os.makedirs(out_dir, exist_ok=True)
   entries, config = _collect(workdir, compare)
+  out_dir = os.path.join(workdir, FOLDER)
+  shutil.rmtree(out_dir, ignore_errors=True)  # No figure of an earlier report stays behind.
+  os.makedirs(out_dir)
   main = entries[0]
   retrieval, computed = _retrieval_section(runs.by_code_length(entries), out_dir)
   steps_per_epoch = len(np.load(os.path.join(workdir, "splits", "train.npy"))) // config.batch_size
