@@ -31,7 +31,8 @@ from ucsh_jax import data
 from ucsh_jax import distributed
 from ucsh_jax import errors
 from ucsh_jax import evaluate
-from ucsh_jax import experiment
+from ucsh_jax import extract
+from ucsh_jax import feature_file
 from ucsh_jax import inference
 from ucsh_jax import run_record
 from ucsh_jax import tables
@@ -47,17 +48,6 @@ CODES_FILE = "baselines_codes.npz"
 def fit_key(seed: int, num_bits: int) -> jax.Array:
   """The key every method is fit with at `num_bits`: fold_in(key(seed), num_bits)."""
   return jax.random.fold_in(jax.random.key(seed), num_bits)
-
-
-def describe_features(config: ml_collections.ConfigDict) -> str:
-  if config.data.name == "features":
-    return f"the vectors of {config.data.path}"
-  if not experiment.uses_backbone(config):
-    return f"the flattened {config.data.image_size}x{config.data.image_size} RGB pixels in [0, 1]"
-  backbone = f"VGG16 (width {config.model.width:g})"
-  if config.model.pretrained:
-    return f"fc7 of {backbone} with weights {config.model.pretrained}"
-  return f"fc7 of {backbone} randomly initialised with seed {config.seed}"
 
 
 def _train_rows(splits: data.Splits) -> np.ndarray:
@@ -143,15 +133,13 @@ def _write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
   os.replace(tmp, path)
 
 
-def _write_features(path: str, run: train.Run, features: Dict[str, np.ndarray]) -> None:
-  """A feature file of the query rows then the database rows, with the splits as index arrays."""
-  splits, num_query = run.splits, len(run.splits.query)
-  labels = np.asarray(run.source.labels)
-  _write_npz(path, {"features": np.concatenate([features["query"], features["database"]]),
-                    "labels": np.concatenate([labels[splits.query], labels[splits.database]]),
-                    "query_idx": np.arange(num_query),
-                    "database_idx": num_query + np.arange(len(splits.database)),
-                    "train_idx": num_query + _train_rows(splits)})
+def _write_features(path: str, run: train.Run, features: Dict[str, np.ndarray],
+                    provenance: str) -> None:
+  """A feature file of the query rows then the database rows, with the splits and ids."""
+  splits = run.splits
+  ids = np.concatenate([splits.query, splits.database])
+  feature_file.write(path, np.concatenate([features["query"], features["database"]]),
+                     np.asarray(run.source.labels)[ids], ids, splits, provenance)
 
 
 def run_baselines(config: ml_collections.ConfigDict, workdir: str,
@@ -183,7 +171,7 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str,
   scores = score_methods(codes, codes["query_labels"], codes["database_labels"],
                          methods=methods, bits=bits, topk=config.eval.topk)
   results = {
-      "dataset": config.data.name, "features": describe_features(config),
+      "dataset": config.data.name, "features": extract.describe_initial_features(config),
       "feature_dim": int(features["train"].shape[1]), "num_query": len(run.splits.query),
       "num_database": len(run.splits.database), "num_train": len(run.splits.train),
       "seed": config.seed, "topk": config.eval.topk if config.eval.topk > 0 else None,
@@ -196,7 +184,8 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, "baselines.md"), "w") as f:
       f.write(markdown(results))
     if save_features:
-      _write_features(os.path.join(workdir, "features.npz"), run, features)
+      _write_features(os.path.join(workdir, extract.FEATURES_FILE), run, features,
+                      results["features"])
   return results
 
 
