@@ -263,7 +263,7 @@ def test_compared_runs_with_other_splits_or_topk_are_refused(report, tmp_path):
     build.write_report(workdir, compare=[str(other)])
 
 
-def test_a_compared_run_of_another_code_length_is_its_own_group(report, tmp_path):
+def test_compared_runs_are_named_by_folder_and_grouped_by_code_length(report, tmp_path):
   workdir, _, _ = report
   other = tmp_path / "ucsh8"
   os.makedirs(other)
@@ -272,11 +272,15 @@ def test_a_compared_run_of_another_code_length_is_its_own_group(report, tmp_path
   for split in ("query", "database"):
     codes[f"{split}_codes"] = codes[f"{split}_codes"][:, :8]
   np.savez(other / "codes.npz", **codes)
-  page = build.write_report(workdir, compare=[str(other)])
+  again = tmp_path / "again"
+  shutil.copytree(os.path.join(workdir, "baselines"), again)
+  page = build.write_report(workdir, compare=[str(other), str(again)])
   with open(os.path.join(os.path.dirname(page), "data.json")) as f:
     plotted = json.load(f)["curves"]
-  assert [c["label"] for c in plotted["16"]] == ["UCSH", "LSH", "ITQ"]
-  assert [c["label"] for c in plotted["8"]] == ["LSH", "ITQ", "UCSH (ucsh8)"]
+  assert [c["label"] for c in plotted["16"]] == ["UCSH", "LSH", "ITQ", "LSH (again)",
+                                                 "ITQ (again)"]
+  assert [c["label"] for c in plotted["8"]] == ["LSH", "ITQ", "UCSH (ucsh8)", "LSH (again)",
+                                                "ITQ (again)"]
   assert plotted["8"][2]["map"] == pytest.approx(metrics.mean_average_precision(
       codes["query_codes"], codes["database_codes"], codes["query_labels"],
       codes["database_labels"]), abs=1e-12)

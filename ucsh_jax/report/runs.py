@@ -134,16 +134,17 @@ def baselines_under(workdir: str) -> List[str]:
 
 
 def load_compared(workdir: str) -> List[MethodCodes]:
-  """The codes of a --compare workdir: its UCSH run and/or its baselines."""
+  """The codes of a --compare workdir: its UCSH run and/or its baselines, labelled
+  "<name> (<folder name>)"."""
   if not os.path.isdir(workdir):
     raise errors.UserError(f"--compare: {workdir} is not a directory")
   found = []
   if is_ucsh_run(workdir):
-    codes, _ = load_ucsh(workdir)
-    codes.label = f"{codes.label} ({os.path.basename(os.path.normpath(workdir))})"
-    found.append(codes)
+    found.append(load_ucsh(workdir)[0])
   if os.path.exists(os.path.join(workdir, BASELINES_JSON)):
     found += load_baselines(workdir)
+  for entry in found:  # Named by their folder, apart from the report's run and its baselines.
+    entry.label = f"{entry.label} ({os.path.basename(os.path.normpath(workdir))})"
   if not found:
     raise errors.UserError(
         f"--compare: {workdir} holds neither a UCSH run (codes.npz or checkpoints/) nor "
