@@ -25,9 +25,10 @@ def encode_query_and_database(forward, params, source, splits, **kwargs) -> Dict
   return {"query_ids": np.asarray(splits.query, np.int64),
           "database_ids": np.asarray(splits.database, np.int64),
           "query_codes": inference.outputs_for(forward, params, source, splits.query, "codes",
-                                               **kwargs),
+                                               description="encoding the queries", **kwargs),
           "database_codes": inference.outputs_for(forward, params, source, splits.database,
-                                                  "codes", **kwargs),
+                                                  "codes", description="encoding the database",
+                                                  **kwargs),
           "query_labels": labels[splits.query],
           "database_labels": labels[splits.database]}
 
