@@ -147,3 +147,16 @@ def test_pretrained_names_go_through_the_download_cache(monkeypatch, tmp_path):
   config.model.pretrained = str(tmp_path / "missing.pth")
   with pytest.raises((FileNotFoundError, ValueError), match="missing.pth"):
     experiment.preprocessing_for(config)
+
+
+def test_similarity_features_of_the_top_skip_its_dropout():
+  config = features.get_config()
+  config.model.dropout_rate = 0.5
+  model = experiment.build_model(config, feature_dim=16)
+  x = np.abs(np.random.default_rng(1).normal(size=(6, 16))).astype(np.float32)
+  params = experiment.init_params(model, config, x[:1], jax.random.key(0), None)
+  train = model.apply({"params": params}, x, train=True, code_noise=np.zeros((6, 16)),
+                      rngs={"dropout": jax.random.key(1)})
+  evaluated = model.apply({"params": params}, x, train=False)
+  assert not np.allclose(train["features"], evaluated["features"])
+  np.testing.assert_allclose(train["similarity_features"], evaluated["features"], rtol=1e-6)

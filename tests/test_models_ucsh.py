@@ -220,3 +220,23 @@ def test_feature_top_starts_as_the_identity_on_relu_features():
   kept = np.asarray(dropped) != 0
   np.testing.assert_allclose(np.asarray(dropped)[kept], 2.0 * x[kept], rtol=1e-5)
   assert 0 < kept.mean() < 1
+
+
+def test_similarity_features_are_fc7_without_dropout(ucsh_setup):
+  model, params, _, _, images = ucsh_setup
+  assert model.dropout_rate == 0.5
+  out = model.apply({"params": params}, images, train=False)
+  np.testing.assert_array_equal(out["similarity_features"], out["features"])
+
+  def train_out(p):
+    return model.apply({"params": p}, images, train=True,
+                       rngs={"dropout": jax.random.key(0), "sample": jax.random.key(1)})
+
+  train = train_out(params)
+  assert not np.allclose(train["features"], out["features"])  # fc6 was dropped.
+  np.testing.assert_allclose(train["similarity_features"], out["features"], rtol=1e-5,
+                             atol=1e-6)
+  # The separating loss reaches fc7's weights through the dropout-free features.
+  grad = jax.grad(lambda p: jnp.sum(ops.pairwise_similarity(
+      train_out(p)["similarity_features"])**2))(params)
+  assert np.abs(np.asarray(grad["backbone"]["fc7"]["kernel"])).max() > 0

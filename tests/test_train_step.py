@@ -225,3 +225,16 @@ def test_unknown_target_is_refused():
     train_step_lib.make_train_step(parallel.make_mesh(jax.devices()[:1]), model=model,
                                    weights=experiment.loss_weights(config, FEATURE_DIM),
                                    target="labels")
+
+
+def test_step_similarities_come_from_dropout_free_features():
+  config, _, batch, params = _features_setup(seed=3)
+  config.model.dropout_rate = 0.5
+  model = experiment.build_model(config, feature_dim=FEATURE_DIM)
+  weights = experiment.loss_weights(config, FEATURE_DIM)
+  _, terms = _loss_on_one_device(model, weights)(params, batch, np.float32(0.3),
+                                                 jax.random.key(0))
+  x = np.asarray(model.apply({"params": params}, batch["features"], train=False)["features"],
+                 np.float64)
+  want = -np.mean((2 * _numpy_cos(x) - 1 - 0.3)**2)
+  np.testing.assert_allclose(float(terms["loss_separating"]), want, rtol=1e-4)

@@ -145,17 +145,20 @@ class FlatInputHashNet(nn.Module):
 
   Without `top` the inputs are the features x; with it (a `FeatureTop`, submodule "top") x is
   the top's output, from which the similarities, threshold and clusters are computed.
-  Returns {"features" (n, d), "logits", "codes", "reconstruction"} like UCSH.
+  Returns {"features" (n, d), "similarity_features" (n, d) (the top without dropout),
+  "logits", "codes", "reconstruction"} like UCSH.
   """
   head: nn.Module
   top: Optional[nn.Module] = None
 
   def __call__(self, inputs: jax.Array, *, train: bool,
                code_noise: Optional[jax.Array] = None) -> Dict[str, jax.Array]:
-    features = inputs.reshape(inputs.shape[0], -1).astype(jnp.float32)
-    if self.top is not None:
-      features = self.top(features, train=train)
-    return {"features": features, **self.head(features, train=train, code_noise=code_noise)}
+    inputs = inputs.reshape(inputs.shape[0], -1).astype(jnp.float32)
+    features = inputs if self.top is None else self.top(inputs, train=train)
+    # The top without its dropout: the features the threshold and the clusters come from.
+    clean = features if self.top is None or not train else self.top(inputs, train=False)
+    return {"features": features, "similarity_features": clean,
+            **self.head(features, train=train, code_noise=code_noise)}
 
 
 def uses_backbone(config: ml_collections.ConfigDict) -> bool:

@@ -79,7 +79,9 @@ def ucsh_losses(params, batch: Dict[str, jax.Array], threshold: jax.Array, key: 
   of the paper's literal sums (L_V = L_rec + L_kl), each over the *global* batch, so the
   total M_2 + w_rec M_rec + w_kl M_kl + w_C M_C + w_S M_S does not depend on the number of
   devices. L_2's targets S are stop-gradient; L_S uses 2 cos - 1 of the step's features with
-  its gradient.
+  its gradient. Both come from the model's "similarity_features": the features without
+  dropout (fc7 recomputed from fc6, or the top without its input dropout), the kind s_t and
+  the clusters are computed from; L_V reconstructs the train-mode "features".
 
   Args:
     params: model parameters (replicated).
@@ -103,7 +105,9 @@ def ucsh_losses(params, batch: Dict[str, jax.Array], threshold: jax.Array, key: 
   out = model.apply({"params": params}, inputs, train=True, code_noise=code_noise_BxK,
                     rngs={"dropout": dropout_key})
   features_BxD = out["features"]
-  features_NxD = lax.all_gather(features_BxD, DATA_AXIS, tiled=True)
+  # Similarities from the dropout-free features, like the eval-mode ones s_t and the clusters
+  # are computed from (the README's "Decisions the paper leaves open" has the measurement).
+  features_NxD = lax.all_gather(out["similarity_features"], DATA_AXIS, tiled=True)
   codes_NxK = lax.all_gather(out["codes"], DATA_AXIS, tiled=True)
   similarity_NxN = ops.pairwise_similarity(features_NxD)
   target_NxN, pair_weights_NxN = similarity_targets(target, similarity_NxN, threshold, batch)

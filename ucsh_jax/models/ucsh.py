@@ -156,16 +156,34 @@ class UCSH(nn.Module):
       code_noise: optional (n, bits) uniform noise for the decoder's sample (see HashHead).
 
     Returns:
-      "features" (n, F) fc7 after ReLU (F = 4096 * width) and HashHead's "logits",
-      "codes" and "reconstruction"; all float32.
+      "features" (n, F) fc7 after ReLU (F = 4096 * width), "similarity_features" (n, F) the
+      same without dropout (fc7 recomputed from fc6; equal to "features" in eval mode), and
+      HashHead's "logits", "codes" and "reconstruction"; all float32.
     """
-    features = vgg.VGG16(num_classes=None, width=self.width, pooled_size=self.pooled_size,
-                         dropout_rate=self.dropout_rate, dtype=self.dtype,
-                         name="backbone")(images, train=train)["fc7"]
+    fc = vgg.VGG16(num_classes=None, width=self.width, pooled_size=self.pooled_size,
+                   dropout_rate=self.dropout_rate, dtype=self.dtype,
+                   name="backbone")(images, train=train)
+    features = fc["fc7"]
     head = HashHead(bits=self.bits, feature_dim=features.shape[-1],
                     decoder_hidden=self.decoder_hidden, code_activation=self.code_activation,
                     dropout_rate=self.dropout_rate, dtype=self.dtype, name="head")
-    return {"features": features, **head(features, train=train, code_noise=code_noise)}
+    return {"features": features,
+            "similarity_features": self._dropout_free_fc7(fc, train=train),
+            **head(features, train=train, code_noise=code_noise)}
+
+  def _dropout_free_fc7(self, fc: Dict[str, jax.Array], *, train: bool) -> jax.Array:
+    """fc7 as in eval mode, relu(fc6 W_7 + b_7) with the backbone's own fc7 weights.
+
+    In train mode fc7 sees dropout(fc6); this recomputes only the fc7 layer from fc6 (one
+    matmul, no second backbone pass), so the similarities match those s_t was estimated on.
+    """
+    if not train or self.dropout_rate == 0.0:
+      return fc["fc7"]
+    fc7 = self.variables["params"]["backbone"]["fc7"]
+    x = fc["fc6"].astype(self.dtype)
+    y = (jnp.matmul(x, jnp.asarray(fc7["kernel"], self.dtype))
+         + jnp.asarray(fc7["bias"], self.dtype)[None, :])
+    return nn.relu(y).astype(jnp.float32)
 
 
 def with_pretrained_backbone(ucsh_params: Mapping[str, Any],
