@@ -2,7 +2,6 @@
 balance equals eq. 7's literal sums up to one factor; the similarity targets."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
