@@ -127,7 +127,8 @@ def test_ucsh_layout_outputs_and_pretrained_backbone(ucsh_setup):
 
   out = model.apply({"params": merged}, images, train=False)
   assert {k: v.shape for k, v in out.items()} == {
-      "features": (2, 256), "logits": (2, BITS), "codes": (2, BITS), "reconstruction": (2, 256)}
+      "features": (2, 256), "similarity_features": (2, 256), "logits": (2, BITS),
+      "codes": (2, BITS), "reconstruction": (2, 256)}
   assert all(v.dtype == jnp.float32 for v in out.values())
   np.testing.assert_array_equal(np.abs(out["codes"]), 1.0)
   fc7 = vgg_model.apply({"params": vgg_params}, images, train=False)["fc7"]
