@@ -46,8 +46,9 @@ def main(argv):
                          FLAGS.process_id)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
-  logging.info("%s on %d %s device(s) (%d process(es)); config %s; workdir %s.",
-               FLAGS.mode, jax.device_count(), jax.devices()[0].platform, jax.process_count(),
+  logging.info("%s: JAX process %d of %d; %d local and %d global devices (%s); config %s; "
+               "workdir %s.", FLAGS.mode, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform,
                config_file, workdir)
   with workdir_lock.lock_for_run(workdir, f"ucsh_jax.main --mode={FLAGS.mode}"):
     if FLAGS.mode == "train":

@@ -6,12 +6,13 @@ holder (host, pid, command, start time) for the error a second run gets. The oth
 a multi-process run do not lock; process 0 tells them whether it got the lock.
 """
 
+import contextlib
 import datetime
 import fcntl
 import json
 import os
 import socket
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -63,16 +64,17 @@ class WorkdirLock:
       self._fd = None
 
   def __enter__(self) -> "WorkdirLock":
-    if self._fd is None:
-      self.acquire()
+    self.acquire()
     return self
 
   def __exit__(self, *exc) -> None:
     self.release()
 
 
-def lock_for_run(workdir: str, command: str) -> WorkdirLock:
-  """Process 0 takes the lock; every process raises the same UserError if it could not."""
+@contextlib.contextmanager
+def lock_for_run(workdir: str, command: str) -> Iterator[None]:
+  """`with lock_for_run(workdir, command):` process 0 holds the lock for the block; every
+  process raises the same UserError if it could not take it."""
   lock = WorkdirLock(workdir, command)
   error = None
   if jax.process_index() == 0:
@@ -87,4 +89,7 @@ def lock_for_run(workdir: str, command: str) -> WorkdirLock:
                                "not lock it)")
   if error is not None:
     raise error
-  return lock
+  try:
+    yield
+  finally:
+    lock.release()
