@@ -18,7 +18,7 @@ Printed and written as mean +- std over the seeds to OUT/quality.json and OUT/qu
 Every run trains through `train.train_and_evaluate` in a temporary workdir, --jobs of them at a
 time in worker processes; compiled programs are shared through a compilation cache on disk, so
 each (row, code length) compiles about once. Measured on the dev set (63 training runs, 2
-jobs): 20.7 min wall and 17.6 CPU-minutes on a shared 2-core machine at load 6-8.
+jobs): 9.4 min wall on a quiet 2-core machine (20.7 min on a shared one at load 6-8).
 """
 
 from concurrent import futures
