@@ -185,3 +185,8 @@ def test_verbose_shows_the_traceback_of_a_user_error():
   result = _run_snippet("raise errors.UserError('bad input')", "--verbose")
   assert result.returncode not in (0, 2)
   assert "Traceback" in result.stderr and "UserError: bad input" in result.stderr
+
+
+def test_arguments_other_than_flags_are_refused():
+  result = _run_snippet("raise ZeroDivisionError('main must not run')", "stray")
+  assert result.returncode == 2 and result.stderr.strip() == "error: unexpected arguments: stray"

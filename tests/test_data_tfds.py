@@ -18,8 +18,8 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from ucsh_jax import errors
 from ucsh_jax import data
+from ucsh_jax import errors
 from ucsh_jax.data import cifar10
 from ucsh_jax.data import mirflickr
 

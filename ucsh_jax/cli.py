@@ -139,12 +139,17 @@ def _quiet_library_info(record: std_logging.LogRecord) -> bool:
   return record.levelno > std_logging.INFO if noisy else True
 
 
-def run(main: Callable[[List[str]], Any]) -> NoReturn:
-  """`absl.app.run(main)` with user errors printed as one `error:` line and status 2."""
+def run(main: Callable[[List[str]], Any], *, positional_arguments: bool = False) -> NoReturn:
+  """`absl.app.run(main)` with user errors printed as one `error:` line and status 2.
+
+  Arguments other than flags are refused unless `positional_arguments`.
+  """
 
   def main_with_clean_errors(argv: List[str]) -> Any:
     logging.get_absl_handler().addFilter(_quiet_library_info)
     try:
+      if len(argv) > 1 and not positional_arguments:
+        raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
       return main(argv)
     except Exception as e:  # Re-raised unless it is (or wraps) a user error.
       user_error = _find_user_error(e)

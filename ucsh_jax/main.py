@@ -14,7 +14,6 @@ from ml_collections import config_flags
 
 from ucsh_jax import cli
 from ucsh_jax import distributed
-from ucsh_jax import errors
 from ucsh_jax import extract
 from ucsh_jax import run_record
 from ucsh_jax import train
@@ -37,8 +36,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses arguments other than flags.
   config = cli.resolve_config(FLAGS.config)
   workdir = cli.absolute_path(FLAGS.workdir)
   config_file = cli.absolute_path(config_flags.get_config_filename(FLAGS["config"]))
@@ -51,15 +49,14 @@ def main(argv):
                jax.local_device_count(), jax.device_count(), jax.devices()[0].platform,
                config_file, workdir)
   with workdir_lock.lock_for_run(workdir, f"ucsh_jax.main --mode={FLAGS.mode}"):
+    run_record.check(config, workdir)  # Every process, so that all of them stop together.
     if FLAGS.mode == "train":
       if jax.process_index() == 0:
         run_record.check_or_write(config, workdir, config_file)
       train.train_and_evaluate(config, workdir)
     elif FLAGS.mode == "features":
-      run_record.check(config, workdir)
       logging.info("Features written to %s.", extract.extract_features(config, workdir))
     else:
-      run_record.check(config, workdir)
       train.evaluate_checkpoint(config, workdir, write_codes=FLAGS.mode == "encode")
 
 

@@ -108,8 +108,7 @@ def format_text(found: Sequence[Dict[str, Any]]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses arguments other than flags.
   workdir = cli.absolute_path(FLAGS.workdir)
   query = cli.absolute_path(FLAGS.query)
   database = cli.absolute_path(FLAGS.database)

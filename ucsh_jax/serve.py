@@ -211,8 +211,7 @@ def serve(app: flask.Flask, host: str, port: int) -> Tuple[Any, str]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses arguments other than flags.
   PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Also guards every decode in this process.
   workdir = cli.absolute_path(FLAGS.workdir)
   service = Service(searcher_lib.Searcher.from_workdir(workdir), topk=FLAGS.topk,

@@ -15,10 +15,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from ucsh_jax import errors
 from ucsh_jax import checkpointing
 from ucsh_jax import data
 from ucsh_jax import epoch_state as epoch_state_lib
+from ucsh_jax import errors
 from ucsh_jax import evaluate
 from ucsh_jax import experiment
 from ucsh_jax import inference
@@ -223,7 +223,7 @@ def restore_params(run: Run) -> Any:
   step = checkpointer.latest_step()
   if step is None:
     raise errors.UserError(f"no checkpoint in {run.workdir}/checkpoints: train first "
-                            f"(--mode=train) with this workdir")
+                           f"(--mode=train) with this workdir")
   state = checkpointer.restore_state(step, run.state)
   checkpointer.close()
   return state.params

@@ -199,8 +199,7 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses arguments other than flags.
   args = flags.FLAGS
   try:
     bits = [int(b) for b in args.bits]

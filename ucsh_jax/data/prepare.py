@@ -11,7 +11,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from ucsh_jax import cli
-from ucsh_jax import errors
 from ucsh_jax.data import sources
 from ucsh_jax.data import splits as splits_lib
 
@@ -21,8 +20,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the split files are writt
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses arguments other than flags.
   config = cli.resolve_config(_CONFIG.value)
   workdir = cli.absolute_path(_WORKDIR.value)
   source = sources.get_source(config.data)

@@ -17,8 +17,8 @@ from ucsh_jax.ops._sign import sign_ste
 from ucsh_jax.ops._similarity import cosine_neighbours
 from ucsh_jax.ops._similarity import neighbour_similarity
 from ucsh_jax.ops._similarity import pairwise_similarity
-from ucsh_jax.ops._similarity import ssdh_similarity
 from ucsh_jax.ops._similarity import similarity_threshold
+from ucsh_jax.ops._similarity import ssdh_similarity
 from ucsh_jax.ops._similarity import ThresholdEstimate
 
 __all__ = (

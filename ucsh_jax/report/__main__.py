@@ -7,7 +7,6 @@ from absl import flags
 from absl import logging
 
 from ucsh_jax import cli
-from ucsh_jax import errors
 from ucsh_jax.report import build
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A UCSH run's workdir.", required=True)
@@ -17,8 +16,7 @@ _COMPARE = flags.DEFINE_list(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses arguments other than flags.
   path = build.write_report(cli.absolute_path(_WORKDIR.value),
                             cli.absolute_paths(_COMPARE.value))
   logging.info("Wrote %s", path)
