@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ucsh_jax import data
+from ucsh_jax import ops
 from ucsh_jax import parallel
 from ucsh_jax import progress
 
@@ -18,14 +19,15 @@ _DESCRIPTIONS = {"features": "feature extraction", "codes": "encoding"}
 def make_forward(model: nn.Module, mesh: jax.sharding.Mesh) -> Callable[..., Dict[str, jax.Array]]:
   """`forward(params, inputs) -> {"features" (B, d) f32, "codes" (B, k) int8 +-1}`.
 
-  Eval mode (no dropout); codes are sign(logits) with sign(0) = +1. `inputs` is split over the
-  mesh on its leading axis and the outputs stay split the same way.
+  Eval mode (no dropout); codes are `ops.sign_ste(logits)` (sign(0) = +1), the model's own
+  binarisation, also under UCSH-R whose train-mode codes are tanh(logits). `inputs` is split
+  over the mesh on its leading axis and the outputs stay split the same way.
   """
   out_sharding = parallel.batch_sharding(mesh)
 
   def forward(params, inputs):
     out = model.apply({"params": params}, inputs, train=False)
-    codes = jnp.where(out["logits"] >= 0, 1, -1).astype(jnp.int8)
+    codes = ops.sign_ste(out["logits"]).astype(jnp.int8)
     return {"features": out["features"].astype(jnp.float32), "codes": codes}
 
   return jax.jit(forward, out_shardings=out_sharding)
