@@ -1,6 +1,8 @@
 """Tests of ops.kmeans: objective vs a NumPy Lloyd run and scikit-learn, restarts, spherical
 k-means, re-seeding, 8 devices vs 1."""
 
+import itertools
+
 import jax
 import numpy as np
 import pytest
@@ -52,6 +54,71 @@ def test_kmeans_plus_plus_seeding_picks_distinct_rows():
   matches = [np.flatnonzero(np.all(x == s, axis=1)) for s in seeds]
   assert all(len(m) == 1 for m in matches)
   assert len({int(m[0]) for m in matches}) == CLUSTERS
+
+
+def _seeding_probabilities(x, chosen, num_candidates):
+  """P(row r is the next greedy k-means++ seed | the seeds `chosen`), exactly.
+
+  The L = num_candidates candidates are i.i.d. draws with probability p ~ D^2 (squared distance
+  to the nearest seed so far); the one leaving the lowest potential phi wins. So r wins iff no
+  candidate leaves less than phi(r) and some candidate is r: P_>=(r)^L - P_>(r)^L, with P_>=(r)
+  the D^2-mass of the rows whose phi is >= phi(r) (P_> likewise), when the phi are distinct.
+  """
+  d2 = _sq_dist(x, x)
+  pot = d2[:, list(chosen)].min(1)
+  p = pot / pot.sum()
+  phi = np.minimum(pot[:, None], d2).sum(0)
+  # Distinct potentials (well apart at float32 precision): no ties between candidates.
+  assert np.diff(np.sort(phi[pot > 0])).min() > 1e-3 * pot.sum(), chosen
+  at_least = np.array([p[phi >= phi[r]].sum() for r in range(len(x))])
+  above = np.array([p[phi > phi[r]].sum() for r in range(len(x))])
+  return at_least**num_candidates - above**num_candidates
+
+
+def _deviation(counts, probs, num):
+  """Largest (|count - num p| - 1) / sigma over the possible cells (sigma: the binomial one;
+  the 1 lets a rare cell be hit once), or inf if an impossible cell (p = 0) was hit."""
+  if np.any(counts[probs == 0]):
+    return np.inf
+  possible = probs > 0
+  expected = num * probs[possible]
+  sigma = np.sqrt(expected * (1.0 - probs[possible]))
+  return float(np.max((np.abs(counts[possible] - expected) - 1.0) / sigma))
+
+
+@pytest.mark.parametrize("num_clusters", [2, 3])
+def test_kmeans_plus_plus_draws_are_d2_weighted_and_greedy(num_clusters):
+  """The seeding's distribution over 8,192 keys vs the exact one of greedy k-means++."""
+  # Six generic points (chosen so that no two candidates leave the same potential).
+  x = (np.random.default_rng(33).normal(size=(6, 3)) * np.array([3.0, 2.0, 1.0])).astype(
+      np.float32)
+  num_keys, num_rows = 8192, len(x)
+  keys = jax.random.split(jax.random.key(123), num_keys)
+  # num_iters=0: no Lloyd update, the centroids are the seeds themselves (rows of x).
+  seeds = np.asarray(jax.jit(jax.vmap(
+      lambda k: ops.kmeans(x, num_clusters, key=k, num_iters=0).centroids))(keys))
+  match = np.all(seeds[:, :, None, :] == x[None, None, :, :], axis=-1)
+  assert np.all(match.sum(-1) == 1), "a seed is not a row of x"
+  rows = match.argmax(-1)  # (num_keys, num_clusters) row index of each seed.
+
+  # The first seed is uniform over the rows.
+  first = _deviation(np.bincount(rows[:, 0], minlength=num_rows),
+                     np.full(num_rows, 1.0 / num_rows), num_keys)
+  assert first <= 5.0, f"first seed not uniform: off by {first:.1f} sigma"
+
+  # The joint distribution of the whole seeding, cell by cell.
+  num_candidates = ops.num_seeding_candidates(num_clusters)
+  probs = np.zeros((num_rows,) * num_clusters)
+  for seq in itertools.permutations(range(num_rows), num_clusters):
+    prob = 1.0 / num_rows
+    for i in range(1, num_clusters):
+      prob *= _seeding_probabilities(x, seq[:i], num_candidates)[seq[i]]
+    probs[seq] = prob
+  np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-9)
+  counts = np.zeros_like(probs)
+  np.add.at(counts, tuple(rows.T), 1)
+  deviation = _deviation(counts, probs, num_keys)
+  assert deviation <= 5.0, f"seeding distribution off by {deviation:.1f} sigma"
 
 
 def test_empty_clusters_are_reseeded_at_the_farthest_rows():
