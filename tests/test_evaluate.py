@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import features as features_config
+import retrieval_reference
 from ucsh_jax import evaluate
 from ucsh_jax import experiment
 from ucsh_jax import inference
@@ -41,25 +42,6 @@ def test_eval_codes_are_the_models_sign_with_sign_zero_plus_one(ablation):
     np.testing.assert_array_equal(codes, np.asarray(model_out["codes"]))
 
 
-def _np_relevance(query_labels, db_labels):
-  return query_labels[:, None] == db_labels[None, :]
-
-
-def _np_ranking(query_codes, db_codes):
-  """Hamming distances (k - q . d) / 2 and the stable ranking (ties by database index)."""
-  dist = 0.5 * (query_codes.shape[1] - query_codes.astype(np.int64) @ db_codes.T)
-  return dist, np.argsort(dist, axis=1, kind="stable")
-
-
-def _np_map(ranked_rel, topk):
-  """Mean over queries of AP@topk: the mean of precision at each relevant item's rank."""
-  aps = []
-  for rel in ranked_rel[:, :topk]:
-    positions = np.flatnonzero(rel) + 1
-    aps.append(np.mean(np.arange(1, len(positions) + 1) / positions) if len(positions) else 0.0)
-  return np.mean(aps)
-
-
 def test_score_equals_numpy_at_every_cut_off():
   rng = np.random.default_rng(1)
   num_query, num_db, classes = 30, 600, 4
@@ -76,17 +58,19 @@ def test_score_equals_numpy_at_every_cut_off():
   topk = 250
   got = evaluate.score(codes, topk)
 
-  dist, order = _np_ranking(query_codes, db_codes)
-  ranked_rel = np.take_along_axis(_np_relevance(query_labels, db_labels), order, axis=1)
+  dist = retrieval_reference.hamming(query_codes, db_codes)
+  relevant = retrieval_reference.relevance(query_labels, db_labels)
+  ranked_rel = np.take_along_axis(relevant, np.argsort(dist, axis=1, kind="stable"), axis=1)
   within = dist <= 2
-  hits = (within & _np_relevance(query_labels, db_labels)).sum(1)
+  hits = (within & relevant).sum(1)
   radius_precision = np.where(within.sum(1) > 0, hits / np.maximum(within.sum(1), 1), 0.0)
 
   # The cut-offs past the database's size (1000, 5000) are left out.
   assert sorted(got["precision_at_k"], key=int) == ["100", "500"]
   for k, value in got["precision_at_k"].items():
     np.testing.assert_allclose(value, ranked_rel[:, :int(k)].mean(), rtol=1e-12, err_msg=k)
-  np.testing.assert_allclose(got["map"], _np_map(ranked_rel, topk), rtol=1e-12)
+  np.testing.assert_allclose(got["map"], retrieval_reference.mean_average_precision(
+      query_codes, db_codes, query_labels, db_labels, topk), rtol=1e-12)
   np.testing.assert_allclose(got["precision_within_radius_2"], radius_precision.mean(),
                              rtol=1e-12)
   assert got["topk"] == topk
@@ -95,5 +79,6 @@ def test_score_equals_numpy_at_every_cut_off():
   # topk <= 0 is the whole database.
   whole = evaluate.score(codes, -1)
   assert whole["topk"] is None
-  np.testing.assert_allclose(whole["map"], _np_map(ranked_rel, num_db), rtol=1e-12)
+  np.testing.assert_allclose(whole["map"], retrieval_reference.mean_average_precision(
+      query_codes, db_codes, query_labels, db_labels), rtol=1e-12)
   assert abs(whole["map"] - got["map"]) > 0.01

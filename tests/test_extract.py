@@ -2,7 +2,6 @@
 initial weights, readable by the features config; the baselines' --save_features writes the same
 format."""
 
-import os
 
 import numpy as np
 import pytest

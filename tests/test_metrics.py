@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import retrieval_reference as reference
 from ucsh_jax import metrics
 
 
@@ -26,27 +27,6 @@ def _data(num_bits, multi_label, seed=0, num_queries=37, num_db=300, num_classes
   return query_codes, db_codes, query_labels, db_labels
 
 
-def _np_relevance(query_labels, db_labels):
-  if query_labels.ndim == 1:
-    return query_labels[:, None] == db_labels[None, :]
-  return (query_labels @ db_labels.T) > 0
-
-
-def _np_dist(query_codes, db_codes):
-  return 0.5 * (query_codes.shape[1] - query_codes @ db_codes.T)
-
-
-def _np_map(query_codes, db_codes, query_labels, db_labels, topk):
-  dist, rel = _np_dist(query_codes, db_codes), _np_relevance(query_labels, db_labels)
-  aps = []
-  for q in range(len(query_codes)):
-    ranked_rel = rel[q, np.argsort(dist[q], kind="stable")[:topk]]
-    positions = np.flatnonzero(ranked_rel) + 1
-    hits = np.arange(1, len(positions) + 1)
-    aps.append(np.mean(hits / positions) if len(positions) else 0.0)
-  return np.mean(aps)
-
-
 @pytest.mark.parametrize("num_bits, multi_label, topk, num_db", [
     (4, False, None, 300), (4, False, 50, 300), (4, True, 120, 300), (32, False, 60, 300),
     (32, True, None, 300), (70, False, 25, 300), (16, True, 10_000, 300),
@@ -56,7 +36,7 @@ def test_map_matches_numpy_reference(num_bits, multi_label, topk, num_db):
   data = _data(num_bits, multi_label, seed=num_bits, num_db=num_db)
   got = metrics.mean_average_precision(*data, topk=topk)
   assert isinstance(got, float)
-  np.testing.assert_allclose(got, _np_map(*data, topk), rtol=1e-12)
+  np.testing.assert_allclose(got, reference.mean_average_precision(*data, topk), rtol=1e-12)
 
 
 def test_map_counts_zero_hit_queries_and_accepts_jax_arrays():
@@ -64,7 +44,7 @@ def test_map_counts_zero_hit_queries_and_accepts_jax_arrays():
   query_labels[:5] = 99  # No database item shares this label.
   got = metrics.mean_average_precision(jnp.asarray(query_codes), jnp.asarray(db_codes),
                                        jnp.asarray(query_labels), db_labels, 40)
-  want = _np_map(query_codes, db_codes, query_labels, db_labels, 40)
+  want = reference.mean_average_precision(query_codes, db_codes, query_labels, db_labels, 40)
   np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
@@ -73,13 +53,13 @@ def test_hamming_distance_matches_inner_product(num_bits):
   query_codes, db_codes, _, _ = _data(num_bits, False, seed=1, num_db=50)
   got = metrics.hamming_distance(query_codes.astype(np.int8), db_codes)
   assert np.issubdtype(got.dtype, np.integer)
-  np.testing.assert_array_equal(got, _np_dist(query_codes, db_codes))
+  np.testing.assert_array_equal(got, reference.hamming(query_codes, db_codes))
 
 
 def test_hamming_top_k_is_the_stable_ranking():
   query_codes, db_codes, _, _ = _data(5, False, seed=6)
   indices, distances = metrics.hamming_top_k(query_codes, db_codes, 40)
-  dist = _np_dist(query_codes, db_codes)
+  dist = reference.hamming(query_codes, db_codes)
   want = np.argsort(dist, axis=1, kind="stable")[:, :40]
   np.testing.assert_array_equal(indices, want)
   np.testing.assert_array_equal(distances, np.take_along_axis(dist, want, axis=1))
@@ -89,7 +69,7 @@ def test_hamming_top_k_is_the_stable_ranking():
 def test_precision_at_k_matches_numpy(multi_label):
   data = _data(6, multi_label, seed=4)
   ks = [1, 7, 100, 300]
-  dist, rel = _np_dist(*data[:2]), _np_relevance(*data[2:])
+  dist, rel = reference.hamming(*data[:2]), reference.relevance(*data[2:])
   order = np.argsort(dist, axis=1, kind="stable")
   ranked_rel = np.take_along_axis(rel, order, axis=1)
   want = [ranked_rel[:, :k].mean() for k in ks]
@@ -99,7 +79,7 @@ def test_precision_at_k_matches_numpy(multi_label):
 @pytest.mark.parametrize("multi_label", [False, True])
 def test_precision_recall_curve_and_radius_match_numpy(multi_label):
   data = _data(8, multi_label, seed=5)
-  dist, rel = _np_dist(*data[:2]), _np_relevance(*data[2:])
+  dist, rel = reference.hamming(*data[:2]), reference.relevance(*data[2:])
   precision, recall = metrics.precision_recall_curve(*data)
   assert precision.shape == recall.shape == (9,)
   for radius in range(9):
