@@ -1,5 +1,6 @@
-"""The data-parallel train step: 8 devices equal 1 device on the same global batch; the paper's
-balance equals eq. 7's literal sums up to one factor; the similarity targets."""
+"""The data-parallel train step: 8 devices equal 1 device on the same global batch; bfloat16
+against float32; the similarity targets. (tests/test_objective.py checks the objective itself,
+eq. 7, against NumPy.)"""
 
 import jax
 import numpy as np
@@ -88,17 +89,63 @@ def test_gradient_is_that_of_the_global_objective():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_bfloat16_step_keeps_float32_params_and_finite_losses():
-  config, _, batch, _ = _setup()
+# The hash bias of the bfloat16 comparison: every logit is BF16_BIAS times its bit's sign.
+# At initialisation the tiny random VGG16 maps the noise images to nearly equal fc7 vectors:
+# x W varies by about 4e-4 between images, while bfloat16 moves a logit by up to 1.2e-5, so
+# a logit near 0 may take the other sign in the two dtypes, and one flipped code changes L_2
+# by tens of percent. With the bias +-2^-3 (exact in bfloat16) and |x W| < 1e-3 (measured),
+# no code can flip; every decoder sample (u < sigmoid(h)) has u at least 0.01 from
+# sigmoid(+-2^-3) (asserted below), while x W moves sigmoid(h) by < 2.5e-4 and bfloat16 by
+# about 3e-6; and L_KL (2e-3) is far above float32 rounding (at the initial logits, ~1e-4,
+# it is 3e-8: rounding noise in either dtype).
+BF16_BIAS = 2.0**-3
+
+
+def test_bfloat16_step_matches_the_float32_step():
+  """One bfloat16 step on 8 devices against the float32 step on the same batch and params.
+
+  Measured (this batch): the loss terms within 1.6e-3 relative (L_2, whose value is only
+  2.7e-4), the others within 3e-4; the update's norm within 5.1e-4, its cosine to the float32 update
+  0.99995, and per parameter array at least 0.979 (conv1_1's kernel, the deepest in backprop).
+  Tolerances: 1e-2 relative on each term (2.5 bfloat16 roundings of 2^-8, 6x the largest
+  measured difference), the update's norm within 1e-2, cosine > 0.999 for the whole update
+  and > 0.9 for every parameter array.
+  """
+  config, model, batch, state = _setup()
+  signs = np.where(np.arange(config.bits) % 3 == 0, 1.0, -1.0)
+  params = jax.tree.map(np.array, state.params)
+  params["head"]["hash"]["bias"] = (BF16_BIAS * signs).astype(np.float32)
+  key = jax.random.key(2)  # The key `_run` steps with, at step 0.
+  noise = np.asarray(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0),
+                                                           (config.bits,)))(
+      train_step_lib.example_keys(key, 0, batch["index"])))
+  assert np.abs(noise - 1 / (1 + np.exp(-BF16_BIAS * signs))).min() > 0.01
   config.model.dtype = "bfloat16"
-  model = experiment.build_model(config)
-  params = experiment.init_params(model, config, batch["image"][:1], jax.random.key(1), None)
-  tx = experiment.make_optimizer(config, steps_per_epoch=4)
-  state = jax.device_get(experiment.create_train_state(model, params, tx))
-  new_params, metrics = _run(jax.devices(), config, model, batch, state, steps=1)
-  assert all(p.dtype == np.float32 for p in jax.tree.leaves(new_params))
-  assert all(np.isfinite(v) for v in metrics.values())
-  assert metrics["l2_updates"] > 0
+  model_bf16 = experiment.build_model(config)
+  state = state.replace(params=params)
+  params_32, metrics_32 = _run(jax.devices(), config, model, batch, state, steps=1)
+  params_16, metrics_16 = _run(jax.devices(), config, model_bf16, batch,
+                               state.replace(apply_fn=model_bf16.apply), steps=1)
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(params_16))
+  # Both steps saw the codes sign(bias): L_C of those codes, exactly.
+  clustering = np.mean(np.sum((signs - batch["center"])**2, axis=1)) / config.bits
+  assert metrics_32["loss_clustering"] == metrics_16["loss_clustering"] == np.float32(clustering)
+  for name in ("loss", "loss_l2", "loss_reconstruction", "loss_kl", "loss_clustering",
+               "loss_separating"):
+    assert metrics_32[name] != 0, name
+    np.testing.assert_allclose(metrics_16[name], metrics_32[name], rtol=1e-2, err_msg=name)
+  update_32, update_16 = (
+      np.concatenate([(np.asarray(new) - old).ravel() for new, old in
+                      zip(jax.tree.leaves(p), jax.tree.leaves(params))])
+      for p in (params_32, params_16))
+  norm_32, norm_16 = np.linalg.norm(update_32), np.linalg.norm(update_16)
+  assert norm_32 > 0
+  np.testing.assert_allclose(norm_16, norm_32, rtol=1e-2)
+  assert update_16 @ update_32 / (norm_16 * norm_32) > 0.999
+  for (path, new_32), new_16, old in zip(jax.tree_util.tree_leaves_with_path(params_32),
+                                         jax.tree.leaves(params_16), jax.tree.leaves(params)):
+    u_32, u_16 = (np.ravel(np.asarray(new) - old) for new in (new_32, new_16))
+    assert u_16 @ u_32 / (np.linalg.norm(u_16) * np.linalg.norm(u_32)) > 0.9, path
 
 
 FEATURE_DIM, BATCH = 12, 24
@@ -135,56 +182,6 @@ def _loss_on_one_device(model, weights, target="cosine"):
   fn = jax.jit(fn)
   return lambda p, b, t, k: fn(parallel.replicate(mesh, p), parallel.global_batch(mesh, b),
                                parallel.replicate(mesh, t), parallel.replicate(mesh, k))
-
-
-def _literal_terms(params, batch, threshold, key, *, model, config):
-  """The terms of eq. 7 as the paper's literal sums, each times its alpha, beta or gamma."""
-  noise = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0), (config.bits,)))(
-      train_step_lib.example_keys(key, 0, batch["index"]))
-  out = model.apply({"params": params}, batch["features"], train=True, code_noise=noise)
-  s = ops.pairwise_similarity(out["features"])
-  return {
-      "loss_l2": ops.similarity_loss(out["codes"], s, reduction="sum"),
-      "loss_reconstruction": config.loss.alpha * ops.reconstruction_loss(
-          out["features"], out["reconstruction"], reduction="sum"),
-      "loss_kl": config.loss.alpha * ops.kl_loss(out["logits"], reduction="sum"),
-      "loss_clustering": config.loss.beta * ops.clustering_loss(
-          out["codes"], batch["center"], reduction="sum"),
-      "loss_separating": config.loss.gamma * ops.separating_loss(s, threshold, reduction="sum")}
-
-
-def _literal_objective(*args, **kwargs):
-  """eq. 7 with the paper's literal sums and alpha, beta, gamma, written out from the ops."""
-  return sum(_literal_terms(*args, **kwargs).values())
-
-
-@pytest.mark.parametrize("bits", [16, 64])
-def test_paper_balance_is_the_literal_objective_up_to_one_factor(bits):
-  """At the paper's batch 24 the step's objective is eq. 7's literal sums / (24^2 k^2)."""
-  config, model, batch, params = _features_setup(bits)
-  assert config.loss.balance == "paper" and config.loss.reference_batch == BATCH
-  weights = experiment.loss_weights(config, FEATURE_DIM)
-  threshold, key = np.float32(0.3), jax.random.key(3)
-  loss_fn = _loss_on_one_device(model, weights)
-  ours, terms = loss_fn(params, batch, threshold, key)
-  literal = _literal_terms(params, batch, threshold, key, model=model, config=config)
-  factor = BATCH**2 * bits**2
-  np.testing.assert_allclose(float(ours) * factor, float(sum(literal.values())), rtol=1e-5)
-  term_weights = dict(loss_l2=1.0, loss_reconstruction=weights.reconstruction,
-                      loss_kl=weights.kl, loss_clustering=weights.clustering,
-                      loss_separating=weights.separating)
-  for name, weight in term_weights.items():  # Each term on its own, however small.
-    np.testing.assert_allclose(weight * float(terms[name]) * factor, float(literal[name]),
-                               rtol=1e-5, err_msg=name)
-  grads = jax.grad(lambda p: loss_fn(p, batch, threshold, key)[0])(params)
-  literal_grads = jax.grad(_literal_objective)(params, batch, threshold, key, model=model,
-                                               config=config)
-  for (path, g), want in zip(jax.tree_util.tree_leaves_with_path(grads),
-                             jax.tree.leaves(literal_grads)):
-    want = np.asarray(want)
-    assert np.abs(want).max() > 0, path
-    np.testing.assert_allclose(np.asarray(g) * factor, want, rtol=2e-4,
-                               atol=2e-4 * np.abs(want).max(), err_msg=str(path))
 
 
 def _numpy_cos(x):
