@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import features as features_config
+import kmeans_reference
 from ucsh_jax import ops
 from ucsh_jax import train
 
@@ -117,22 +118,6 @@ def _eval_features(loop, params):
   return np.asarray(out["features"], np.float64)
 
 
-def _sq_dist(x, c):
-  x, c = np.asarray(x, np.float64), np.asarray(c, np.float64)
-  return ((x[:, None, :] - c[None, :, :])**2).sum(-1)
-
-
-def _np_lloyd(x, init, num_iters):
-  """Lloyd's k-means from `init`; fails if a cluster ever gets empty (no re-seeding here)."""
-  c = np.asarray(init, np.float64)
-  for it in range(num_iters):
-    assign = _sq_dist(x, c).argmin(1)
-    sizes = np.bincount(assign, minlength=len(c))
-    assert sizes.min() > 0, f"iteration {it} leaves a cluster empty: sizes {sizes}"
-    c = np.stack([x[assign == j].mean(0) for j in range(len(c))])
-  return c
-
-
 def test_each_example_gets_the_center_of_its_cluster(loop):
   centers_NxK = loop["centers"][0]
   assert centers_NxK.shape == (CLUSTERS, loop["config"].bits)
@@ -143,7 +128,7 @@ def test_each_example_gets_the_center_of_its_cluster(loop):
     steps = _epoch_steps(loop, epoch)
     # The assignments are the nearest centroids of this epoch's eval-mode features.
     features = _eval_features(loop, steps[0]["params"])
-    nearest = _sq_dist(features, refreshed.centroids).argmin(1)
+    nearest = kmeans_reference.sq_dist(features, refreshed.centroids).argmin(1)
     np.testing.assert_array_equal(refreshed.assignments, nearest)
     assert len(np.unique(nearest)) == CLUSTERS
     visited = []
@@ -176,7 +161,8 @@ def test_clusters_are_warm_started_from_the_previous_epoch(loop):
                                     getattr(previous, name))
     assert current["kwargs"]["kmeans_iters"] == KMEANS_ITERS
     # Lloyd from the previous centroids on this epoch's features: cluster j stays cluster j.
-    expected = _np_lloyd(current["features"], previous.centroids, KMEANS_ITERS)
+    expected, _ = kmeans_reference.lloyd(current["features"], previous.centroids, KMEANS_ITERS,
+                                       allow_empty=False)
     np.testing.assert_allclose(current["result"].centroids, expected, rtol=1e-5, atol=1e-5)
     # The features and with them the centroids moved: the epochs really differ.
     assert np.abs(current["features"] - refreshes[epoch - 1]["features"]).max() > 1e-2

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
+import kmeans_reference
 from ucsh_jax import ops
 
 N_ROWS, DIM, CLUSTERS = 240, 12, 5
@@ -20,27 +21,13 @@ def _blobs(seed=0):
   return x.astype(np.float32)
 
 
-def _sq_dist(x, c):
-  x, c = np.asarray(x, np.float64), np.asarray(c, np.float64)
-  return ((x[:, None, :] - c[None, :, :])**2).sum(-1)
-
-
-def _np_lloyd(x, init, num_iters):
-  c = np.asarray(init, np.float64)
-  for _ in range(num_iters):
-    assign = _sq_dist(x, c).argmin(1)
-    c = np.stack([x[assign == j].mean(0) if np.any(assign == j) else c[j]
-                  for j in range(len(c))])
-  return c, _sq_dist(x, c).min(1).sum()
-
-
 def test_objective_no_worse_than_numpy_lloyd_and_self_consistent():
   x = _blobs()
   init = x[[0, 1, 2, 3, 4]]
   result = ops.kmeans(x, CLUSTERS, key=jax.random.key(0), num_iters=20, init_centroids=init)
-  _, np_inertia = _np_lloyd(x, init, 20)
+  _, np_inertia = kmeans_reference.lloyd(x, init, 20)
   assert float(result.inertia) <= np_inertia * (1 + 1e-5)
-  dist = _sq_dist(x, result.centroids)
+  dist = kmeans_reference.sq_dist(x, result.centroids)
   assign = np.asarray(result.assignments)
   np.testing.assert_allclose(dist[np.arange(N_ROWS), assign], dist.min(1), rtol=1e-5)
   np.testing.assert_allclose(float(result.inertia), dist.min(1).sum(), rtol=1e-5)
@@ -64,7 +51,7 @@ def _seeding_probabilities(x, chosen, num_candidates):
   candidate leaves less than phi(r) and some candidate is r: P_>=(r)^L - P_>(r)^L, with P_>=(r)
   the D^2-mass of the rows whose phi is >= phi(r) (P_> likewise), when the phi are distinct.
   """
-  d2 = _sq_dist(x, x)
+  d2 = kmeans_reference.sq_dist(x, x)
   pot = d2[:, list(chosen)].min(1)
   p = pot / pot.sum()
   phi = np.minimum(pot[:, None], d2).sum(0)
@@ -121,6 +108,26 @@ def test_kmeans_plus_plus_draws_are_d2_weighted_and_greedy(num_clusters):
   assert deviation <= 5.0, f"seeding distribution off by {deviation:.1f} sigma"
 
 
+@pytest.mark.parametrize("x, init, centroids, assignments", [
+    # The last update moves one row only: Lloyd goes on until nothing changes.
+    ([1, 2, 4, 5, 12], [1, 2], [3, 12], [0, 0, 0, 0, 1]),
+    # The first update already counts as a change (cluster 0 starts with no rows).
+    ([0, 1, 10, 11], [100, 5], [10.5, 0.5], [1, 1, 0, 0]),
+    # As many rows as clusters.
+    ([3, 1, 2, 7], [0, 1, 2, 3], None, None),
+])
+def test_lloyd_runs_to_a_fixed_point_on_tiny_inputs(x, init, centroids, assignments):
+  x = np.asarray(x, np.float32)[:, None]
+  result = ops.kmeans(x, len(init), key=jax.random.key(0), num_iters=20,
+                      init_centroids=np.asarray(init, np.float32)[:, None])
+  if centroids is None:  # Every row its own cluster: inertia 0.
+    assert float(result.inertia) == 0.0
+    assert sorted(np.asarray(result.assignments).tolist()) == [0, 1, 2, 3]
+  else:
+    np.testing.assert_allclose(np.asarray(result.centroids)[:, 0], centroids)
+    np.testing.assert_array_equal(np.asarray(result.assignments), assignments)
+
+
 def test_empty_clusters_are_reseeded_at_the_farthest_rows():
   x = _blobs(2)
   far = np.full((2, DIM), 1e3, np.float32)
@@ -128,7 +135,7 @@ def test_empty_clusters_are_reseeded_at_the_farthest_rows():
   result = ops.kmeans(x, CLUSTERS, key=jax.random.key(0), num_iters=1, init_centroids=init)
   centroids = np.asarray(result.centroids)
   assert np.all(np.isfinite(centroids))
-  dist = _sq_dist(x, init[:3])
+  dist = kmeans_reference.sq_dist(x, init[:3])
   assign, farthest = dist.argmin(1), np.argsort(-dist.min(1), kind="stable")[:2]
   np.testing.assert_allclose(centroids[3:], x[farthest], rtol=1e-6)
   means = np.stack([x[assign == j].mean(0) for j in range(3)])
