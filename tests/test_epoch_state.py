@@ -34,6 +34,13 @@ def test_refresh_finds_clusters_thresholds_and_neighbours():
   assert later.neighbours.shape == (120, 0)
   empty = epoch_state_lib.empty_epoch_state(4, 16, 120, 7)
   assert jax.tree.map(np.shape, tuple(empty)) == jax.tree.map(np.shape, tuple(state))
+  # The placeholder (epoch -1, zero centroids) that train.py passes first is no warm start.
+  from_placeholder = epoch_state_lib.refresh_epoch_state(
+      x, empty, epoch=0, num_clusters=4, kmeans_iters=10, kmeans_inits=3,
+      kmeans_metric="cosine", threshold_samples=50, num_neighbours=7, key=jax.random.key(0))
+  for name in ("centroids", "assignments", "threshold", "neighbours"):
+    np.testing.assert_array_equal(getattr(from_placeholder, name), getattr(state, name))
+  assert epoch_state_lib.empty_epoch_state(4, 16, 120).neighbours.shape == (120, 0)
 
 
 def test_epoch_scalars_name_every_cluster_size():

@@ -1,6 +1,9 @@
 """The evaluation path: the codes it scores are the model's sign, and `evaluate.score` equals
 NumPy's MAP@topk, precision@k at each cut-off and precision within Hamming radius 2."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +11,10 @@ import pytest
 
 from configs import features as features_config
 import retrieval_reference
+from ucsh_jax import errors
 from ucsh_jax import evaluate
 from ucsh_jax import experiment
+from ucsh_jax import index
 from ucsh_jax import inference
 from ucsh_jax import parallel
 
@@ -42,9 +47,11 @@ def test_eval_codes_are_the_models_sign_with_sign_zero_plus_one(ablation):
     np.testing.assert_array_equal(codes, np.asarray(model_out["codes"]))
 
 
-def test_score_equals_numpy_at_every_cut_off():
+@pytest.mark.parametrize("num_db, cut_offs", [(600, ["100", "500"]),
+                                              (5000, ["100", "500", "1000", "5000"])])
+def test_score_equals_numpy_at_every_cut_off(num_db, cut_offs):
   rng = np.random.default_rng(1)
-  num_query, num_db, classes = 30, 600, 4
+  num_query, classes = 30, 4
   centers = np.where(rng.normal(size=(classes, 12)) >= 0, 1, -1)
 
   def draw(n):
@@ -65,8 +72,8 @@ def test_score_equals_numpy_at_every_cut_off():
   hits = (within & relevant).sum(1)
   radius_precision = np.where(within.sum(1) > 0, hits / np.maximum(within.sum(1), 1), 0.0)
 
-  # The cut-offs past the database's size (1000, 5000) are left out.
-  assert sorted(got["precision_at_k"], key=int) == ["100", "500"]
+  # The cut-offs up to the database's size, and no others.
+  assert sorted(got["precision_at_k"], key=int) == cut_offs
   for k, value in got["precision_at_k"].items():
     np.testing.assert_allclose(value, ranked_rel[:, :int(k)].mean(), rtol=1e-12, err_msg=k)
   np.testing.assert_allclose(got["map"], retrieval_reference.mean_average_precision(
@@ -76,9 +83,45 @@ def test_score_equals_numpy_at_every_cut_off():
   assert got["topk"] == topk
   # The precisions differ from cut-off to cut-off, so a wrong k would show.
   assert abs(got["precision_at_k"]["100"] - got["precision_at_k"]["500"]) > 0.01
-  # topk <= 0 is the whole database.
-  whole = evaluate.score(codes, -1)
-  assert whole["topk"] is None
-  np.testing.assert_allclose(whole["map"], retrieval_reference.mean_average_precision(
-      query_codes, db_codes, query_labels, db_labels), rtol=1e-12)
-  assert abs(whole["map"] - got["map"]) > 0.01
+  # topk <= 0 is the whole database; topk = 1 is MAP@1.
+  whole_map = retrieval_reference.mean_average_precision(query_codes, db_codes, query_labels,
+                                                         db_labels)
+  assert abs(whole_map - got["map"]) > 0.01
+  for no_topk in (0, -1):
+    whole = evaluate.score(codes, no_topk)
+    assert whole["topk"] is None
+    np.testing.assert_allclose(whole["map"], whole_map, rtol=1e-12)
+  first = evaluate.score(codes, 1)
+  assert first["topk"] == 1
+  np.testing.assert_allclose(first["map"], ranked_rel[:, 0].mean(), rtol=1e-12)
+
+
+def test_results_and_codes_are_written_whole_and_read_back(tmp_path):
+  payload = {"map": 0.5, "bits": 16, "precision_at_k": {"100": 0.25}}
+  evaluate.write_json(str(tmp_path / "results.json"), payload)
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f) == payload
+  rng = np.random.default_rng(2)
+  codes = {"query_codes": np.where(rng.normal(size=(5, 16)) >= 0, 1, -1).astype(np.int8),
+           "database_codes": np.where(rng.normal(size=(40, 16)) >= 0, 1, -1).astype(np.int8),
+           "query_labels": rng.integers(0, 3, 5), "database_labels": rng.integers(0, 3, 40),
+           "query_ids": np.arange(5, dtype=np.int64) + 100,
+           "database_ids": np.arange(40, dtype=np.int64) * 2}
+  evaluate.write_codes(str(tmp_path / "codes.npz"), codes)
+  assert sorted(os.listdir(tmp_path)) == ["codes.npz", evaluate.INDEX_NAME, "results.json"]
+  with np.load(tmp_path / "codes.npz") as saved:
+    assert sorted(saved.files) == sorted(codes)
+    for name, value in codes.items():
+      np.testing.assert_array_equal(saved[name], value)
+  database = index.HammingIndex.load(str(tmp_path / evaluate.INDEX_NAME))
+  _, ids = database.search(codes["database_codes"][:3], 1)
+  np.testing.assert_array_equal(np.asarray(ids)[:, 0], codes["database_ids"][:3])
+
+
+def test_codes_of_a_length_the_index_refuses_write_nothing(tmp_path):
+  codes = {"query_codes": np.ones((2, 12), np.int8), "database_codes": np.ones((4, 12), np.int8),
+           "query_labels": np.zeros(2), "database_labels": np.zeros(4),
+           "query_ids": np.arange(2), "database_ids": np.arange(4)}
+  with pytest.raises(errors.UserError, match="12"):
+    evaluate.write_codes(str(tmp_path / "codes.npz"), codes)
+  assert os.listdir(tmp_path) == []

@@ -93,6 +93,43 @@ def test_precision_recall_curve_and_radius_match_numpy(multi_label):
   assert recall[-1] == pytest.approx(np.mean(rel.sum(1) > 0))
 
 
+@pytest.mark.parametrize("num_bits", [1, 255, 256])
+def test_edge_lengths_one_query_and_the_extreme_cut_offs(num_bits):
+  """One query, 1-bit codes, 255 and 256 bits (256 = the largest distance of a 256-bit code);
+  k = 1 and k = the whole database; MAP@1; a single precision cut-off."""
+  query_codes, db_codes, query_labels, db_labels = _data(num_bits, False, seed=7, num_db=40)
+  dist = reference.hamming(query_codes, db_codes)
+  np.testing.assert_array_equal(metrics.hamming_distance(query_codes[:1], db_codes), dist[:1])
+  np.testing.assert_array_equal(metrics.hamming_distance(db_codes, -db_codes).diagonal(),
+                                np.full(40, num_bits))
+  order = np.argsort(dist, axis=1, kind="stable")
+  for k in (1, 40):
+    indices, distances = metrics.hamming_top_k(query_codes, db_codes, k)
+    np.testing.assert_array_equal(indices, order[:, :k])
+    np.testing.assert_array_equal(distances, np.take_along_axis(dist, order[:, :k], axis=1))
+  data = (query_codes, db_codes, query_labels, db_labels)
+  np.testing.assert_allclose(metrics.mean_average_precision(*data, topk=1),
+                             reference.mean_average_precision(*data, topk=1), rtol=1e-12)
+  ranked_rel = np.take_along_axis(reference.relevance(query_labels, db_labels), order, axis=1)
+  np.testing.assert_allclose(metrics.precision_at_k(*data, [7]), [ranked_rel[:, :7].mean()],
+                             rtol=1e-12)
+
+
+def test_a_query_with_one_relevant_item():
+  """Its AP is 1 / the item's rank, its recall 0 until the item's distance, then 1."""
+  q = np.array([[1, 1, 1, 1]])
+  d = np.array([[1, 1, 1, 1], [1, 1, 1, -1], [-1, -1, -1, -1]])
+  query_labels, db_labels = np.array([0]), np.array([1, 0, 1])
+  assert metrics.mean_average_precision(q, d, query_labels, db_labels) == 0.5
+  precision, recall = metrics.precision_recall_curve(q, d, query_labels, db_labels)
+  np.testing.assert_array_equal(recall, [0, 1, 1, 1, 1])
+  np.testing.assert_allclose(precision, [0, 0.5, 0.5, 0.5, 1 / 3])
+  # Radius 0 and a radius beyond the code length are the curve's ends.
+  assert metrics.precision_within_radius(q, d, query_labels, db_labels, radius=0) == 0.0
+  assert metrics.precision_within_radius(q, d, query_labels, db_labels,
+                                         radius=20) == pytest.approx(1 / 3)
+
+
 @pytest.mark.parametrize("call, name", [
     (lambda q, d, ql, dl: metrics.mean_average_precision(q * 2, d, ql, dl), "query_codes"),
     (lambda q, d, ql, dl: metrics.mean_average_precision(q, d[:, :3], ql, dl), "db_codes"),

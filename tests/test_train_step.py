@@ -210,6 +210,9 @@ def test_similarity_targets_of_the_step(target):
     s = np.where(sim > 0.6, 1.0, np.where(sim < 0.2, -1.0, 0.0))
     w = np.abs(s)
     assert 0 < w.sum() < BATCH**2
+    # L_S separates around s_t, the first of the two thresholds.
+    np.testing.assert_allclose(float(terms["loss_separating"]), -np.mean((sim - 0.6)**2),
+                               rtol=1e-4)
   k = config.bits
   want = np.sum(w * (k * s - codes @ codes.T)**2) / (BATCH**2 * k**2)
   np.testing.assert_allclose(float(terms["loss_l2"]), want, rtol=1e-4)
