@@ -217,6 +217,20 @@ def test_eight_devices_equal_one(warm):
   np.testing.assert_allclose(float(eight.inertia), float(one.inertia), rtol=1e-5)
 
 
+def test_sharded_seeds_are_rows_of_x_at_every_shard_boundary():
+  """Seeds drawn on 8 devices (2 rows each) are rows of x, the first row of each shard too."""
+  x = np.random.default_rng(5).normal(size=(16, 3)).astype(np.float32)
+  mesh = jax.make_mesh((8,), ("data",))
+  picked = set()
+  for i in range(48):
+    seeds = np.asarray(ops.kmeans_sharded(x, 4, key=jax.random.key(i), mesh=mesh,
+                                          num_iters=0).centroids)
+    match = np.all(seeds[:, None, :] == x[None, :, :], axis=-1)
+    assert np.all(match.sum(-1) == 1), f"key {i}: a seed is not a row of x"
+    picked.update(match.argmax(-1).tolist())
+  assert set(range(2, 16, 2)) <= picked  # The shards' first rows were drawn.
+
+
 @pytest.mark.parametrize("call, name", [
     (lambda x: ops.kmeans(x[0], 3, key=jax.random.key(0)), "x must be 2-D"),
     (lambda x: ops.kmeans(x[:2], 3, key=jax.random.key(0)), "fewer than num_clusters"),
