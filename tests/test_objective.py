@@ -57,13 +57,6 @@ def _inputs(batch_size, seed=0):
   return batch, params
 
 
-def _code_noise(key, index):
-  """The uniform noise of the decoder's Bernoulli sample: the step's per-example draw."""
-  keys = train_step_lib.example_keys(key, 0, index)
-  return np.asarray(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0), (BITS,)))(
-      keys), np.float64)
-
-
 def _sigmoid(h):
   return 1.0 / (1.0 + np.exp(-h))
 
@@ -196,7 +189,9 @@ def test_step_objective_and_gradient_equal_the_paper_written_in_numpy(ablation, 
   batch, params = _inputs(batch_size)
   key = jax.random.key(3)
   relaxed = ablation == "R"
-  fw = _numpy_forward(params, batch, _code_noise(key, batch["index"]), relaxed)
+  # The step's per-example noise of the decoder's Bernoulli sample, at step 0.
+  noise = np.asarray(train_step_lib.code_noise(key, 0, batch["index"], BITS), np.float64)
+  fw = _numpy_forward(params, batch, noise, relaxed)
   _check_margins(fw, relaxed)
   centers = np.asarray(batch["center"], np.float64)
   sums = _literal_sums(fw, centers)

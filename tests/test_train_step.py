@@ -116,9 +116,7 @@ def test_bfloat16_step_matches_the_float32_step():
   params = jax.tree.map(np.array, state.params)
   params["head"]["hash"]["bias"] = (BF16_BIAS * signs).astype(np.float32)
   key = jax.random.key(2)  # The key `_run` steps with, at step 0.
-  noise = np.asarray(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0),
-                                                           (config.bits,)))(
-      train_step_lib.example_keys(key, 0, batch["index"])))
+  noise = np.asarray(train_step_lib.code_noise(key, 0, batch["index"], config.bits))
   assert np.abs(noise - 1 / (1 + np.exp(-BF16_BIAS * signs))).min() > 0.01
   config.model.dtype = "bfloat16"
   model_bf16 = experiment.build_model(config)

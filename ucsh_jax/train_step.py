@@ -47,6 +47,13 @@ def example_keys(key: jax.Array, step: jax.Array, index_B: jax.Array) -> jax.Arr
   return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index_B)
 
 
+def code_noise(key: jax.Array, step: jax.Array, index_B: jax.Array, bits: int) -> jax.Array:
+  """(B, bits) uniform [0, 1) noise of the decoder's Bernoulli sample (HashHead's
+  `code_noise`), drawn per example from `example_keys`."""
+  return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0), (bits,)))(
+      example_keys(key, step, index_B))
+
+
 def similarity_targets(target: str, similarity_NxN: jax.Array, threshold: jax.Array,
                        batch: Dict[str, jax.Array]) -> Tuple[jax.Array, Optional[jax.Array]]:
   """(S (N, N), pair weights (N, N) or None) of L_2 for the global batch of N.
@@ -97,9 +104,7 @@ def ucsh_losses(params, batch: Dict[str, jax.Array], threshold: jax.Array, key: 
     identical on every device.
   """
   inputs = batch["image"] if "image" in batch else batch["features"]
-  keys_B = example_keys(key, step, batch["index"])
-  code_noise_BxK = jax.vmap(
-      lambda k: jax.random.uniform(jax.random.fold_in(k, 0), (batch["center"].shape[-1],)))(keys_B)
+  code_noise_BxK = code_noise(key, step, batch["index"], batch["center"].shape[-1])
   dropout_key = jax.random.fold_in(jax.random.fold_in(key, step),
                                     lax.axis_index(DATA_AXIS) + (1 << 20))
   out = model.apply({"params": params}, inputs, train=True, code_noise=code_noise_BxK,
