@@ -162,10 +162,9 @@ def _step_loss(relaxed):
   fn = jax.jit(jax.value_and_grad(fn, has_aux=True))
 
   def run(params, batch, threshold, key, weights):
-    args = (params, batch, threshold, key, jax.tree.map(np.float32, weights))
-    placed = [parallel.replicate(mesh, a) for a in args]
-    placed[1] = parallel.global_batch(mesh, batch)
-    return jax.device_get(fn(*placed))
+    replicated = [parallel.replicate(mesh, a)
+                  for a in (params, threshold, key, jax.tree.map(np.float32, weights))]
+    return jax.device_get(fn(replicated[0], parallel.global_batch(mesh, batch), *replicated[1:]))
 
   return run
 
