@@ -23,7 +23,6 @@ jobs): 9.4 min wall on a quiet 2-core machine (20.7 min on a shared one at load 
 
 from concurrent import futures
 import copy
-import importlib.util
 import multiprocessing
 import os
 import tempfile
@@ -35,40 +34,40 @@ from absl import flags
 from absl import logging
 import jax
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 
 from configs import features as features_config
 from configs import ssdh as ssdh_config
 from ucsh_jax import baselines
+from ucsh_jax import cli
 from ucsh_jax import evaluate
+from ucsh_jax import experiment
 from ucsh_jax import inference
 from ucsh_jax import tables
 from ucsh_jax import train
+from ucsh_jax.report import events
 
 _DATA = flags.DEFINE_string("data", "", "Feature file (.npz); or give --config.")
-_CONFIG = flags.DEFINE_string("config", "", "Config file for UCSH (e.g. configs/digits.py).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file for UCSH (e.g. configs/digits.py); --config.FIELD=VALUE "
+    "overrides a field.")
 _TOPK = flags.DEFINE_integer("topk", 0, "MAP@topk; 0: the config's eval.topk, -1: all.")
 _BITS = flags.DEFINE_list("bits", ["16", "32", "64"], "Code lengths.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (splits unless the file has them, "
                            "initialisation, shuffling, baselines' keys).")
 _ROWS = flags.DEFINE_list("rows", ["ucsh", "paper", "V", "C", "S", "R", "ssdh", "lsh", "itq",
-                                   "sh", "sph", "cosine"], "Rows to measure.")
+                                   "sh", "sph", "cosine"], "Rows to measure (also 'fixed').")
 _OUT = flags.DEFINE_string("out", "runs/quality", "Output directory.")
 _JOBS = flags.DEFINE_integer("jobs", 2, "Training runs in parallel (worker processes).")
 
 SHALLOW = ("lsh", "itq", "sh", "sph")
 ROW_NAMES = {"ucsh": "UCSH (config as shipped)", "paper": "UCSH, paper's objective",
+             "fixed": "UCSH on the fixed inputs (configs/features.py)",
              "V": "UCSH-V (paper's, alpha = 0)", "C": "UCSH-C (paper's, beta = 0)",
              "S": "UCSH-S (paper's, gamma = 0)", "R": "UCSH-R (paper's, tanh relaxation)",
              "ssdh": "SSDH", "cosine": "cosine ranking of the inputs (real-valued)",
              **tables.METHOD_NAMES}
-
-
-def load_config(path: str) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location("quality_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def paper_objective(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -110,13 +109,57 @@ def _use_compilation_cache() -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
-def train_map(config: ml_collections.ConfigDict) -> Tuple[float, float]:
-  """(MAP, seconds) of one training run in a temporary workdir."""
+def train_map(config: ml_collections.ConfigDict) -> Tuple[float, float, Dict[str, Any]]:
+  """(MAP, seconds, what a fine-tuned backbone did) of one training run in a temporary
+  workdir; the last is empty unless VGG16 layers trained (see `fine_tuning_facts`)."""
   logging.set_verbosity(logging.WARNING)
   _use_compilation_cache()
   start = time.time()
   with tempfile.TemporaryDirectory() as workdir:
-    return train.train_and_evaluate(config, workdir)["map"], time.time() - start
+    value = train.train_and_evaluate(config, workdir)["map"]
+    seconds = time.time() - start
+    facts = fine_tuning_facts(config, workdir) if experiment.uses_backbone(config) else {}
+    return value, seconds, facts
+
+
+def fine_tuning_facts(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """How far the trained VGG16 layers moved and what their features are worth.
+
+  "weight_change": {layer: ||W - W_0|| / ||W_0||} of each trained VGG16 kernel against the
+  start; "cosine_map": MAP of the cosine ranking of the trained network's features (the top's
+  output); "neighbours_replaced": per epoch after the first, the mean fraction of each
+  training image's neighbour list that changed.
+  """
+  run = train.setup(config, workdir, restoring=True)
+  start = experiment.init_params(
+      experiment.build_model(config), config,
+      np.zeros((1, config.data.image_size, config.data.image_size, 3), np.float32),
+      run.keys["init"], experiment.preprocessing_for(config)[0])["backbone"]
+  trained = jax.device_get(train.restore_params(run))
+  frozen = experiment.frozen_layers(config)
+  change = {layer: float(np.linalg.norm(trained["backbone"][layer]["kernel"] - w["kernel"])
+                         / np.linalg.norm(w["kernel"]))
+            for layer, w in start.items() if layer not in frozen}
+  forward = inference.make_forward(run.model, run.mesh)
+  feats = {}
+  for split in ("query", "database"):
+    indices = getattr(run.splits, split)
+    feats[split] = inference.outputs_for(forward, trained, run.source, indices, "features",
+                                         **train.eval_kwargs(run))
+    feats[split + "_labels"] = np.asarray(run.source.labels)[indices]
+  scalars = events.read_scalars(workdir)
+  replaced = scalars.get("neighbours_replaced")
+  return {"weight_change": change, "cosine_map": cosine_map(feats, config.eval.topk),
+          "neighbours_replaced": [] if replaced is None else [float(v) for v in replaced[1]]}
+
+
+def write_feature_file(feats: Dict[str, Any], path: str) -> None:
+  """The query and database features as a feature file with the same splits."""
+  q, d = len(feats["query"]), len(feats["database"])
+  np.savez(path, features=np.concatenate([feats["query"], feats["database"]]),
+           labels=np.concatenate([feats["query_labels"], feats["database_labels"]]),
+           query_idx=np.arange(q), database_idx=q + np.arange(d),
+           train_idx=q + np.searchsorted(feats["database_ids"], feats["train_ids"]))
 
 
 def input_features(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -132,6 +175,7 @@ def input_features(config: ml_collections.ConfigDict, workdir: str) -> Dict[str,
     out[split] = inference.outputs_for(forward, run.state.params, run.source, indices,
                                        "features", **train.eval_kwargs(run))
     out[split + "_labels"] = labels[indices]
+    out[split + "_ids"] = indices
   return out
 
 
@@ -161,12 +205,15 @@ def shallow_map(name: str, feats: Dict[str, Any], bits: int, seed: int, topk: in
 
 
 def measure(base: ml_collections.ConfigDict, rows: Sequence[str], bits: Sequence[int],
-            seeds: Sequence[int], jobs: int,
-            log: Callable[[str], None]) -> Dict[str, Dict[str, List[float]]]:
-  """{row: {str(bits): [MAP per seed, in seed order]}} ("cosine" is the same at every code
-  length). The training runs go to `jobs` worker processes; the rest runs here meanwhile."""
+            seeds: Sequence[int], jobs: int, log: Callable[[str], None], feature_dir: str
+            ) -> Tuple[Dict[str, Dict[str, List[float]]], Dict[str, Any]]:
+  """({row: {str(bits): [MAP per seed, in seed order]}} ("cosine" is the same at every code
+  length), {run: its seconds and `fine_tuning_facts`}). The training runs go to `jobs` worker
+  processes; the rest runs here meanwhile. The "fixed" row's feature files go to
+  `feature_dir`."""
   configs = row_configs(base)
   values: Dict[Tuple[str, int, int], float] = {}
+  facts: Dict[str, Any] = {}
   trained = [(row, b, seed) for seed in seeds for row in rows if row in configs for b in bits]
   with futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
     pending = {}
@@ -179,6 +226,14 @@ def measure(base: ml_collections.ConfigDict, rows: Sequence[str], bits: Sequence
       seeded.seed = seed
       with tempfile.TemporaryDirectory() as workdir:
         feats = input_features(seeded, workdir)
+      if "fixed" in rows:
+        path = os.path.join(feature_dir, f"inputs-seed{seed}.npz")
+        write_feature_file(feats, path)
+        for b in bits:
+          config = features_config.get_config()
+          config.data.path, config.seed, config.bits = path, seed, b
+          config.eval.topk = base.eval.topk
+          pending[pool.submit(train_map, config)] = ("fixed", b, seed)
       for row in rows:
         for b in bits:
           if row == "cosine":
@@ -186,10 +241,12 @@ def measure(base: ml_collections.ConfigDict, rows: Sequence[str], bits: Sequence
           elif row in SHALLOW:
             values[row, b, seed] = shallow_map(row, feats, b, seed, base.eval.topk)
     for done in futures.as_completed(pending):
-      (row, b, seed), (value, seconds) = pending[done], done.result()
+      (row, b, seed), (value, seconds, run_facts) = pending[done], done.result()
       values[row, b, seed] = value
-      log(f"seed {seed} {row} {b} bits: {value:.4f} ({seconds:.1f} s)")
-  return {row: {str(b): [values[row, b, seed] for seed in seeds] for b in bits} for row in rows}
+      log(f"seed {seed} {row} {b} bits: {value:.4f} ({seconds:.1f} s) {run_facts or ''}")
+      facts[f"{row} {b} bits seed {seed}"] = dict(run_facts, seconds=round(seconds, 1))
+  maps = {row: {str(b): [values[row, b, seed] for seed in seeds] for b in bits} for row in rows}
+  return maps, facts
 
 
 def summary(maps: Dict[str, Dict[str, List[float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -210,7 +267,7 @@ def markdown(results: Dict[str, Any]) -> str:
 def main(argv: Sequence[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
-  if bool(_DATA.value) == bool(_CONFIG.value):
+  if bool(_DATA.value) == (_CONFIG.value is not None):
     raise app.UsageError("give exactly one of --data (a feature file) or --config")
   _use_compilation_cache()
   if _DATA.value:
@@ -218,8 +275,8 @@ def main(argv: Sequence[str]) -> None:
     base.data.path = _DATA.value
     inputs = _DATA.value
   else:
-    base = load_config(_CONFIG.value)
-    inputs = f"{_CONFIG.value} ({base.data.name})"
+    base = cli.resolve_config(_CONFIG.value)
+    inputs = f"{config_flags.get_config_filename(flags.FLAGS['config'])} ({base.data.name})"
   if _TOPK.value:
     base.eval.topk = _TOPK.value
   bits, seeds = [int(b) for b in _BITS.value], [int(s) for s in _SEEDS.value]
@@ -228,10 +285,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unknown rows {unknown}; expected some of {sorted(ROW_NAMES)}")
   os.makedirs(_OUT.value, exist_ok=True)
   start = time.time()
-  maps = measure(base, _ROWS.value, bits, seeds, _JOBS.value,
-                 lambda line: print(line, flush=True))
+  maps, facts = measure(base, _ROWS.value, bits, seeds, _JOBS.value,
+                        lambda line: print(line, flush=True), _OUT.value)
   results = {"inputs": inputs, "topk": base.eval.topk if base.eval.topk > 0 else None,
              "bits": bits, "seeds": seeds, "maps": maps, "summary": summary(maps),
+             "runs": facts,
              "elapsed_s": round(time.time() - start, 1)}
   evaluate.write_json(os.path.join(_OUT.value, "quality.json"), results)
   text = markdown(results)

@@ -48,17 +48,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 0.0  # Decoupled weight decay (0 disables it).
   # Learning-rate multiplier of the parameters that produce the features (VGG16 or model.top).
   config.optimizer.feature_lr_scale = 1.0
+  # The VGG16's learning rate relative to the features' (model.top's) rate.
+  config.optimizer.backbone_lr_scale = 1.0
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = "vgg16"  # "vgg16", or "none": hash the flattened pixels directly.
   config.model.pretrained = ""  # VGG16 weights file (.pth, .safetensors or .h5); "" = random init.
   config.model.width = 1.0  # Channel multiplier of VGG16 (1.0 is the real network).
   config.model.pooled_size = 7  # Adaptive average pool size before fc6 (7 in VGG16).
+  # What the VGG16 ends in: "fc7" (fc6 and fc7 after the adaptive pool: torchvision's network),
+  # or a global average pool of conv5_3's ReLU output before block 5's max-pool
+  # ("avg_conv5_3") or after it ("avg_pool5"), for conv-base (notop) weights.
+  config.model.pooling = "fc7"
+  # The first VGG16 layer that trains ("conv5_1", ...; "" = all). The layers below are frozen
+  # and their outputs computed once per image and reused (a cache keyed by content).
+  config.model.trainable_from = ""
+  config.model.prefix_cache_dir = ""  # Where that cache lives ("" = WORKDIR/prefix_cache).
   config.model.decoder_hidden = 1024  # Hidden width of the VAE decoder.
   config.model.dropout_rate = 0.5
-  # Without the VGG16 (feature files, backbone "none"): "fc" puts a trainable relu(W x + b),
-  # W = I at the start, between the inputs and the hash layer (the role of fc7); "none" hashes
-  # the inputs themselves.
+  # Without fc7 (feature files, backbone "none", an average pooling): "fc" puts a trainable
+  # relu(W x + b), W = I at the start, between the inputs and the hash layer (the role of fc7);
+  # "none" hashes the inputs themselves.
   config.model.top = "none"
   config.model.hash_init = "random"  # "random", or "itq": the hash layer starts as ITQ.
   config.model.code_activation = "sign"  # "sign" (straight-through) or "tanh" (as UCSH-R).
@@ -73,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_query = 1000  # 100 per class.
   config.data.num_train = 5000  # 500 per class, drawn from the database.
   config.data.num_database = -1  # -1: every image that is not a query (59,000).
+  # An .npz with query_idx, database_idx, train_idx (positions in the data set) to use instead
+  # of drawing the splits ("" = draw them from the seed).
+  config.data.splits_file = ""
   config.data.top_concepts = 10  # NUS-WIDE: keep images with one of the most frequent concepts.
   config.data.skip_corrupt = False  # True: skip unreadable images (counted in the log).
   config.data.num_workers = 4  # grain worker processes (0 = in the main process).

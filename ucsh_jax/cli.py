@@ -25,14 +25,14 @@ from absl import logging
 import ml_collections
 
 from ucsh_jax import errors
+from ucsh_jax.models import download
 
 USER_ERROR_STATUS = 2
 _VERBOSE = flags.DEFINE_bool("verbose", False,
                              "Show the traceback of every error, the user's mistakes included.")
 # The config fields that hold paths (made absolute by `resolve_config`).
-CONFIG_PATH_FIELDS = ("data.path", "data.manual_dir", "data.data_dir", "model.pretrained")
-# config.model.pretrained may name a standard weights file instead of giving a path.
-PRETRAINED_NAMES = ("torchvision", "timm", "keras")
+CONFIG_PATH_FIELDS = ("data.path", "data.manual_dir", "data.data_dir", "data.splits_file",
+                      "model.pretrained", "model.prefix_cache_dir")
 
 
 def absolute_path(path: Optional[str]) -> Optional[str]:
@@ -53,8 +53,9 @@ def absolute_paths(paths: Sequence[str]) -> List[str]:
 def resolve_config(config: Any) -> ml_collections.ConfigDict:
   """A copy of a config flag's value with every path field absolute (see CONFIG_PATH_FIELDS).
 
-  `model.pretrained` stays as it is when it names a standard file ("torchvision", "timm",
-  "keras") and no file of that name exists. A config file that failed to load raises the
+  `model.pretrained` stays as it is when it names a standard file (`download.NAMES`:
+  "torchvision", "timm", "keras", "keras_notop" or a file's own name) and no file of that name
+  exists. A config file that failed to load raises the
   UserError that names it.
   """
   try:
@@ -67,7 +68,7 @@ def resolve_config(config: Any) -> ml_collections.ConfigDict:
     if group not in resolved or name not in resolved[group]:
       continue
     value = resolved[group][name]
-    if field == "model.pretrained" and value in PRETRAINED_NAMES and not os.path.exists(value):
+    if field == "model.pretrained" and value in download.NAMES and not os.path.exists(value):
       continue
     resolved[group][name] = absolute_path(value)
   return resolved

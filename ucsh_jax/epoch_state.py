@@ -7,7 +7,7 @@ seedings); the SSDH thresholds are re-estimated from a sample of them (DESIGN.md
 and, for the neighbour-rank targets, each image's cosine neighbours are recomputed.
 """
 
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -72,3 +72,22 @@ def refresh_epoch_state(features_NxD: np.ndarray, previous: Optional[EpochState]
                     threshold=np.asarray(estimate.threshold, np.float32),
                     threshold_right=np.asarray(estimate.threshold_right, np.float32),
                     neighbours=np.asarray(neighbours, np.int32))
+
+
+def changes(previous: EpochState, current: EpochState) -> Dict[str, float]:
+  """How far the adaptive state moved from one epoch to the next, as the features moved.
+
+  Returns {"assignments_changed": fraction of training images in another cluster,
+  "threshold_change": s_t now minus s_t before} and, with neighbours (m > 0),
+  "neighbours_replaced": the mean over training images of the fraction of their m neighbours
+  that are new, and "neighbour_sets_changed": the fraction of images whose set changed.
+  """
+  out = {"assignments_changed": float(np.mean(previous.assignments != current.assignments)),
+         "threshold_change": float(current.threshold - previous.threshold)}
+  m = current.neighbours.shape[1]
+  if m:
+    kept = np.array([np.intersect1d(old, new, assume_unique=True).size
+                     for old, new in zip(previous.neighbours, current.neighbours)])
+    out["neighbours_replaced"] = float(np.mean(1.0 - kept / m))
+    out["neighbour_sets_changed"] = float(np.mean(kept < m))
+  return out

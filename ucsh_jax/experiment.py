@@ -19,15 +19,15 @@ from ucsh_jax import models
 from ucsh_jax import ops
 from ucsh_jax import preprocessing as preprocessing_lib
 from ucsh_jax.baselines import itq
+from ucsh_jax.models import download
 from ucsh_jax.models import ucsh as ucsh_model
 from ucsh_jax.models import vgg
 from ucsh_jax.train_step import LossWeights
 from ucsh_jax.train_step import TARGETS
 
 ABLATIONS = ("", "V", "C", "S", "R")
-# config.model.pretrained may name a standard file instead of giving its path; it is then looked
-# up in (or downloaded to) WEIGHTS_CACHE.
-PRETRAINED_NAMES = ("torchvision", "timm", "keras")
+# config.model.pretrained may name a standard file (`download.NAMES`) instead of giving its path;
+# it is then looked up in (or downloaded to) WEIGHTS_CACHE.
 WEIGHTS_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ucsh_jax")
 BACKBONES = ("vgg16", "none")
 OPTIMIZERS = ("adam", "sgd")
@@ -36,7 +36,8 @@ TOPS = ("none", "fc")
 HASH_INITS = ("random", "itq")
 CODE_ACTIVATIONS = ("sign", "tanh")
 # Parameters under these top-level names produce the features x (the VGG16 or the trainable top);
-# their learning rate is config.optimizer.feature_lr_scale times the others'.
+# their learning rate is config.optimizer.feature_lr_scale times the others' (the VGG16's also
+# times config.optimizer.backbone_lr_scale).
 FEATURE_PARAMS = ("backbone", "top")
 
 
@@ -65,10 +66,32 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for name, value, allowed in choices:
     if value not in allowed:
       raise errors.UserError(f"config.{name}={value!r}; expected one of {allowed}")
-  if config.model.top != "none" and uses_backbone(config):
+  if config.model.pooling not in vgg.POOLINGS:
+    raise errors.UserError(f"config.model.pooling={config.model.pooling!r}; expected one of "
+                           f"{vgg.POOLINGS}")
+  if config.model.top != "none" and uses_backbone(config) and config.model.pooling == "fc7":
     raise errors.UserError(f"config.model.top={config.model.top!r} replaces the trainable "
-                           "fc7 of a network without one: use it with data.name='features' or "
-                           "model.backbone='none'")
+                           "fc7 of a network without one: use it with data.name='features', "
+                           "model.backbone='none' or an average model.pooling "
+                           "('avg_conv5_3', 'avg_pool5')")
+  if config.model.trainable_from and not uses_backbone(config):
+    raise errors.UserError(f"config.model.trainable_from={config.model.trainable_from!r} freezes "
+                           "layers of the VGG16, and this run has none (data.name='features' "
+                           "or model.backbone='none'): leave it ''")
+  if config.model.trainable_from:
+    names = vgg.layer_names(config.model.pooling)
+    if config.model.trainable_from not in names:
+      raise errors.UserError(
+          f"config.model.trainable_from={config.model.trainable_from!r} names no layer of "
+          f"the VGG16 with pooling {config.model.pooling!r}; expected '' (all layers train) or "
+          f"one of {', '.join(names)}")
+  if uses_backbone(config) and config.data.image_size < vgg.min_image_size(config.model.pooling):
+    size = vgg.min_image_size(config.model.pooling)
+    raise errors.UserError(
+        f"config.data.image_size={config.data.image_size} is too small for the VGG16 with "
+        f"pooling {config.model.pooling!r}: the minimum is {size}")
+  if config.optimizer.backbone_lr_scale < 0 or config.optimizer.feature_lr_scale < 0:
+    raise errors.UserError("config.optimizer.feature_lr_scale and backbone_lr_scale must be >= 0")
   for name in ("bits", "batch_size", "num_epochs", "num_clusters", "kmeans_iters",
                "kmeans_inits", "threshold_samples", "checkpoint_every_epochs"):
     if config[name] < 1:
@@ -126,12 +149,12 @@ def loss_weights(config: ml_collections.ConfigDict,
   on any number of devices (every term is a mean over the global batch). At another batch size
   the terms keep the relative weights they have at n_0.
   `"mean"` puts alpha, beta, gamma on the mean forms directly (w_rec = w_kl = alpha).
-  `feature_dim` defaults to the VGG16's fc7 width; without the backbone it must be given.
+  `feature_dim` defaults to the VGG16's feature width; without the backbone it must be given.
   """
   if feature_dim is None:
     if not uses_backbone(config):
       raise ValueError("loss_weights needs feature_dim for a model without the VGG16 backbone")
-    feature_dim = vgg.scaled_width(vgg.FC_FEATURES, config.model.width)
+    feature_dim = backbone_feature_dim(config)
   alpha, beta, gamma = ablated_weights(config)
   if config.loss.balance == "mean":
     return LossWeights(reconstruction=alpha, kl=alpha, clustering=beta, separating=gamma)
@@ -165,10 +188,21 @@ def uses_backbone(config: ml_collections.ConfigDict) -> bool:
   return config.data.name != "features" and config.model.backbone == "vgg16"
 
 
-def build_model(config: ml_collections.ConfigDict, feature_dim: Optional[int] = None):
+def backbone_feature_dim(config: ml_collections.ConfigDict) -> int:
+  """Width of the VGG16's features x: fc7's, or the pooled conv maps' (and the top's)."""
+  if config.model.pooling == "fc7":
+    return vgg.scaled_width(vgg.FC_FEATURES, config.model.width)
+  return vgg.scaled_width(512, config.model.width)
+
+
+def build_model(config: ml_collections.ConfigDict, feature_dim: Optional[int] = None,
+                start_layer: str = vgg.CONV_NAMES[0]):
   """UCSH on images, or the hash head and decoder alone on feature vectors or flat pixels.
 
   `feature_dim` is the size of a flattened input; needed only without the VGG16 backbone.
+  `start_layer`: the UCSH applied from that VGG16 layer on, to the activations entering it
+  (what a frozen prefix computed once gives, see `prefix_cache`); its parameters are the
+  whole network's, of which it reads the layers it runs.
   """
   code_activation = "tanh" if config.ablation == "R" else config.model.code_activation
   dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
@@ -185,25 +219,33 @@ def build_model(config: ml_collections.ConfigDict, feature_dim: Optional[int] = 
                      pooled_size=config.model.pooled_size,
                      decoder_hidden=config.model.decoder_hidden,
                      code_activation=code_activation, dropout_rate=config.model.dropout_rate,
-                     dtype=dtype)
+                     dtype=dtype, pooling=config.model.pooling, top=config.model.top == "fc",
+                     start_layer=start_layer)
 
 
 def preprocessing_for(config: ml_collections.ConfigDict
                       ) -> Tuple[Optional[dict], preprocessing_lib.Preprocessing]:
   """(pretrained VGG16 variables or None, the pixel preprocessing the network expects).
 
-  `config.model.pretrained` is a weights file, or "torchvision" / "timm" / "keras" for the
-  standard file in ~/.cache/ucsh_jax (downloaded there when online; offline the error says which
-  file to put where).
+  `config.model.pretrained` is a weights file, or "torchvision" / "timm" / "keras" /
+  "keras_notop" for the standard file in ~/.cache/ucsh_jax (downloaded there when online;
+  offline the error says which file to put where). A conv-base (notop) file with
+  `model.pooling = "fc7"` is refused: it has no fc6/fc7.
   """
   if not uses_backbone(config):
     return None, preprocessing_lib.UNIT
   if not config.model.pretrained:
     return None, preprocessing_lib.IMAGENET
   path = config.model.pretrained
-  if not os.path.exists(path) and path in PRETRAINED_NAMES:
+  if not os.path.exists(path) and path in download.NAMES:
     path = models.download_pretrained(path, WEIGHTS_CACHE)
-  return models.load_pretrained(path)
+  variables, preprocessing = models.load_pretrained(path)
+  if config.model.pooling == "fc7" and "fc6" not in variables["params"]:
+    raise errors.UserError(
+        f"{path} holds the VGG16 conv base alone (no fc6/fc7) but config.model.pooling='fc7' "
+        "needs them: set --config.model.pooling=avg_conv5_3 (or avg_pool5) and "
+        "--config.model.top=fc")
+  return variables, preprocessing
 
 
 def init_params(model, config: ml_collections.ConfigDict, sample_inputs: np.ndarray,
@@ -247,22 +289,52 @@ def _base_optimizer(config: ml_collections.ConfigDict, schedule) -> optax.Gradie
                      optax.sgd(schedule, momentum=opt.momentum))
 
 
+def frozen_layers(config: ml_collections.ConfigDict) -> Tuple[str, ...]:
+  """The VGG16 layers below `config.model.trainable_from` (none when it is "")."""
+  if not config.model.trainable_from or not uses_backbone(config):
+    return ()
+  names = vgg.layer_names(config.model.pooling)
+  return names[:names.index(config.model.trainable_from)]
+
+
+def _param_labels(params, frozen: Tuple[str, ...]) -> Dict:
+  """A label per top-level entry, and per layer of the backbone: "frozen", "backbone",
+  "features" (the top, or the backbone without its own group) or "head"."""
+  labels = {}
+  for name, subtree in params.items():
+    if name == "backbone":
+      labels[name] = {layer: "frozen" if layer in frozen else "backbone" for layer in subtree}
+    else:
+      labels[name] = "features" if name in FEATURE_PARAMS else "head"
+  return labels
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
                    steps_per_epoch: int) -> optax.GradientTransformation:
   """Adam (default) or SGD with momentum; learning rate step-decayed every few epochs.
 
   The parameters that produce the features (`FEATURE_PARAMS`: the VGG16 or the trainable top)
   learn at `config.optimizer.feature_lr_scale` times the learning rate of the others (the
-  hash layer and the decoder).
+  hash layer and the decoder), the VGG16 at `config.optimizer.backbone_lr_scale` times that
+  again. The layers below `config.model.trainable_from` get no update and no optimiser state.
   """
-  scale = config.optimizer.feature_lr_scale
-  if scale == 1.0:
-    return _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0))
-  label = lambda params: {name: "features" if name in FEATURE_PARAMS else "head"
-                          for name in params}
+  opt = config.optimizer
+  scale, frozen = opt.feature_lr_scale, frozen_layers(config)
+  if not frozen and opt.backbone_lr_scale == 1.0:
+    if scale == 1.0:
+      return _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0))
+    label = lambda params: {name: "features" if name in FEATURE_PARAMS else "head"
+                            for name in params}
+    return optax.multi_transform(
+        {"features": _base_optimizer(config, _schedule(config, steps_per_epoch, scale)),
+         "head": _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0))}, label)
+  backbone_scale = scale * opt.backbone_lr_scale
   return optax.multi_transform(
-      {"features": _base_optimizer(config, _schedule(config, steps_per_epoch, scale)),
-       "head": _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0))}, label)
+      {"frozen": optax.set_to_zero(),
+       "backbone": _base_optimizer(config, _schedule(config, steps_per_epoch, backbone_scale)),
+       "features": _base_optimizer(config, _schedule(config, steps_per_epoch, scale)),
+       "head": _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0))},
+      lambda params: _param_labels(params, frozen))
 
 
 def create_train_state(model, params, tx: optax.GradientTransformation) -> train_state.TrainState:

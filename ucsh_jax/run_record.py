@@ -31,7 +31,12 @@ FORMAT = 1
 # the optimiser state nor the splits.
 MAY_CHANGE = ("num_epochs", "eval.", "log_every_steps", "checkpoint_every_steps",
               "checkpoints_to_keep", "data.num_workers", "data.manual_dir", "data.data_dir",
-              "data.skip_corrupt", "model.dtype")
+              "data.skip_corrupt", "model.dtype", "model.prefix_cache_dir")
+# Fields added after runs were recorded, with the value that gives those runs' behaviour: a
+# record without one reads as having that value.
+ADDED_FIELDS = {"model.pooling": "fc7", "model.trainable_from": "",
+                "model.prefix_cache_dir": "", "optimizer.backbone_lr_scale": 1.0,
+                "data.splits_file": ""}
 
 
 def record_path(workdir: str) -> str:
@@ -54,7 +59,7 @@ def _may_change(field: str) -> bool:
 
 def differing_fields(recorded: Dict[str, Any], config: Dict[str, Any]) -> List[str]:
   """'field: recorded -> given' for each field outside MAY_CHANGE whose value differs."""
-  old, new = _flatten(recorded), _flatten(config)
+  old, new = ({**ADDED_FIELDS, **_flatten(recorded)}, {**ADDED_FIELDS, **_flatten(config)})
   missing = object()
   changes = []
   for field in sorted(set(old) | set(new)):
@@ -71,8 +76,8 @@ def _weights(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   if not experiment.uses_backbone(config) or not name:
     return {"pretrained": name, "file": None, "format": None}
   path = name
-  if not os.path.exists(path) and name in experiment.PRETRAINED_NAMES:
-    path = os.path.join(experiment.WEIGHTS_CACHE, download.SOURCES[name].filename)
+  if not os.path.exists(path) and name in download.NAMES:
+    path = os.path.join(experiment.WEIGHTS_CACHE, download.source_of(name).filename)
   kind = pretrained_lib.detect_format(path) if os.path.exists(path) else None
   return {"pretrained": name, "file": path, "format": kind}
 
@@ -151,4 +156,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise errors.UserError(f"{workdir} holds no run record ({RECORD_FILE})",
                            hint="train first: python -m ucsh_jax.main --config=... "
                                 f"--workdir={workdir}")
-  return ml_collections.ConfigDict(record["config"])
+  config = ml_collections.ConfigDict(record["config"])
+  for field, value in ADDED_FIELDS.items():
+    group, name = field.split(".")
+    if group in config and name not in config[group]:
+      config[group][name] = value
+  return config

@@ -160,7 +160,7 @@ class Searcher:
     if not os.path.isdir(workdir):
       raise errors.UserError(f"workdir {workdir} does not exist")
     config = run_record.load_config(workdir)
-    run = train.setup(config, workdir, restoring=True)
+    run = train.setup(config, workdir, restoring=True, prefix_cache=False)
     searcher = cls(run, run_database(run))
     if database is not None:
       searcher.collection = searcher.cached_collection(database)

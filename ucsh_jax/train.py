@@ -24,6 +24,7 @@ from ucsh_jax import experiment
 from ucsh_jax import inference
 from ucsh_jax import ops
 from ucsh_jax import parallel
+from ucsh_jax import prefix_cache
 from ucsh_jax import progress
 from ucsh_jax import train_step as train_step_lib
 
@@ -44,11 +45,14 @@ class Run:
   keys: Dict[str, jax.Array]
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = False) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = False,
+          prefix_cache: bool = True) -> Run:
   """Builds data, splits, model and the (replicated) initial train state.
 
   With `restoring`, the state is only a restore target (shapes, dtypes and shardings): nothing
-  is initialised or copied to the devices, since a checkpoint will replace it.
+  is copied to the devices, since a checkpoint will replace it. With a frozen prefix
+  (`model.trainable_from`) and `prefix_cache`, the run's model and source are the cached ones
+  (see `_with_prefix_cache`); `prefix_cache=False` keeps the whole network, for new images.
   """
   mesh = parallel.make_mesh()
   experiment.validate(config, mesh.size)
@@ -74,24 +78,46 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
                config.data.name, len(source), len(splits.query), len(splits.database),
                len(splits.train))
   tx = experiment.make_optimizer(config, steps_per_epoch)
+  run = Run(config=config, workdir=workdir, mesh=mesh, source=source, splits=splits,
+            model=model, preprocessing=preprocessing, state=None, feature_dim=0,
+            steps_per_epoch=steps_per_epoch, keys=keys)
+  params = None
+  if not restoring or (prefix_cache and experiment.frozen_layers(config)):
+    # Frozen layers keep their initial values, so the prefix cache is keyed by those.
+    params = experiment.init_params(model, config, sample, keys["init"], pretrained)
+  if prefix_cache:
+    run = _with_prefix_cache(run, params)
   if restoring:
     state = experiment.abstract_train_state(model, sample, tx,
                                             parallel.replicated_sharding(mesh))
   else:
-    params = experiment.init_params(model, config, sample, keys["init"], pretrained)
     if config.model.hash_init == "itq":
       features_NxD = inference.outputs_for(
-          inference.make_forward(model, mesh), parallel.replicate(mesh, params), source,
-          splits.train, "features", mesh=mesh, batch_size=config.eval.batch_size,
-          image_size=config.data.image_size, preprocessing=preprocessing)
+          inference.make_forward(run.model, mesh), parallel.replicate(mesh, params), run.source,
+          splits.train, "features", **eval_kwargs(run))
       params = experiment.itq_hash_layer(params, features_NxD, config.bits,
                                          jax.random.fold_in(keys["init"], 1))
     state = parallel.replicate(mesh, experiment.create_train_state(model, params, tx))
   feature_dim = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, train=False),
                                state.params, sample)["features"].shape[-1]
-  return Run(config=config, workdir=workdir, mesh=mesh, source=source, splits=splits,
-             model=model, preprocessing=preprocessing, state=state, feature_dim=feature_dim,
-             steps_per_epoch=steps_per_epoch, keys=keys)
+  return dataclasses.replace(run, state=state, feature_dim=feature_dim)
+
+
+def _with_prefix_cache(run: Run, params) -> Run:
+  """The run with the frozen VGG16 prefix computed once (`model.trainable_from`).
+
+  Its source is then the cached prefix outputs of every item (`prefix_cache.PrefixSource`) and
+  its model the network from trainable_from on (same parameters), so training, the epoch's
+  features and the evaluation of the run's own data skip the frozen layers. Without a frozen
+  prefix (or on a run already cached) the run is returned as it is. New images (search, serve)
+  go through the whole network: build the run with `setup(..., prefix_cache=False)`.
+  """
+  if not experiment.frozen_layers(run.config) or run.source.kind != "image":
+    return run
+  source = prefix_cache.load_or_build(run.config, run.workdir, run.source, params,
+                                      run.preprocessing, run.mesh)
+  model = experiment.build_model(run.config, start_layer=run.config.model.trainable_from)
+  return dataclasses.replace(run, source=source, model=model, preprocessing=None)
 
 
 def eval_kwargs(run: Run) -> Dict[str, Any]:
@@ -171,13 +197,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       if int(epoch_state.epoch) != epoch:
         features_NxD = inference.outputs_for(forward, state.params, run.source,
                                              run.splits.train, "features", **eval_kwargs(run))
+        previous = epoch_state
         epoch_state = parallel.same_on_all_hosts(epoch_state_lib.refresh_epoch_state(
             features_NxD, epoch_state, epoch=epoch,
             num_clusters=config.num_clusters, kmeans_iters=config.kmeans_iters,
             kmeans_inits=config.kmeans_inits, kmeans_metric=config.kmeans_metric,
             threshold_samples=config.threshold_samples, num_neighbours=num_neighbours,
             key=jax.random.fold_in(run.keys["epoch"], epoch)))
-        reporter.write_scalars(step, epoch_scalars(epoch_state, config.num_clusters))
+        scalars = epoch_scalars(epoch_state, config.num_clusters)
+        if int(previous.epoch) >= 0:
+          scalars.update(epoch_state_lib.changes(previous, epoch_state))
+        reporter.write_scalars(step, scalars)
         threshold = parallel.replicate(run.mesh, step_threshold(epoch_state, target))
       host_batch = next(train_iter)
       host_batch["center"] = centers_NxK[epoch_state.assignments[host_batch["index"]]]

@@ -12,6 +12,7 @@ from typing import Dict, NamedTuple, Optional
 
 import json
 import os
+import zipfile
 
 import jax
 import ml_collections
@@ -142,6 +143,27 @@ def _load(folder: str, num_examples: int) -> Splits:
   return check_splits(splits, num_examples, folder)
 
 
+def read_splits_file(path: str) -> Dict[str, np.ndarray]:
+  """`query_idx`, `database_idx`, `train_idx` (int positions in the data set) of an .npz."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      given = {name: np.asarray(f[name]) for name in f.files}
+  except FileNotFoundError as e:
+    raise errors.UserError(f"data.splits_file {path} does not exist") from e
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise errors.UserError(f"data.splits_file {path} is not a readable .npz: {e}") from e
+  names = ("query_idx", "database_idx", "train_idx")
+  missing = [name for name in names if name not in given]
+  if missing:
+    raise errors.UserError(f"data.splits_file {path} lacks {', '.join(missing)} (it has "
+                           f"{', '.join(sorted(given)) or 'no arrays'})")
+  for name in names:
+    if not np.issubdtype(given[name].dtype, np.integer):
+      raise errors.UserError(f"data.splits_file {path}: {name} holds {given[name].dtype} values, "
+                             "expected integer positions")
+  return {name: given[name] for name in names}
+
+
 def make_splits(data_config: ml_collections.ConfigDict, source, *, seed: int,
                 workdir: Optional[str]) -> Splits:
   """Query / database / training indices into `source`, from `workdir/splits/` when saved there.
@@ -149,18 +171,21 @@ def make_splits(data_config: ml_collections.ConfigDict, source, *, seed: int,
   Otherwise drawn with `protocol_splits` (sizes `data_config.num_query`, `num_database`,
   `num_train`; a feature file's own index arrays win), checked, and saved by process 0 as
   `workdir/splits/{query,database,train}.npy` plus `info.json` (dataset size, seed). Saved splits
-  are checked against the dataset size. workdir None: nothing is read or written.
+  are checked against the dataset size. `data_config.splits_file` (an .npz with query_idx,
+  database_idx, train_idx) gives the splits instead of drawing them. workdir None: nothing is
+  read or written.
   """
   num_examples = len(source)
   folder = os.path.join(workdir, "splits") if workdir else None
   if folder and all(os.path.exists(os.path.join(folder, f"{n}.npy")) for n in SPLIT_NAMES):
     return _load(folder, num_examples)
+  splits_file = data_config.get("splits_file", "")
+  given = read_splits_file(splits_file) if splits_file else getattr(source, "given_splits", None)
   splits = protocol_splits(
       source.labels, num_query=int(data_config.num_query),
       num_database=int(data_config.get("num_database", -1)),
-      num_train=int(data_config.num_train), seed=seed,
-      given=getattr(source, "given_splits", None))
-  check_splits(splits, num_examples, f"splits of {data_config.name}")
+      num_train=int(data_config.num_train), seed=seed, given=given)
+  check_splits(splits, num_examples, splits_file or f"splits of {data_config.name}")
   if folder and jax.process_index() == 0:
     _save(splits, folder, num_examples, seed)
   return splits

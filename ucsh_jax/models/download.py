@@ -25,10 +25,21 @@ SOURCES = {
     "keras": _Source("vgg16_weights_tf_dim_ordering_tf_kernels.h5",
                      "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
                      "vgg16_weights_tf_dim_ordering_tf_kernels.h5"),
+    "keras_notop": _Source("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                           "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+                           "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
 # The files' own names also select them.
 _ALIASES = {"vgg16-397923af.pth": "torchvision", "vgg16.tv_in1k": "timm",
-            "vgg16_weights_tf_dim_ordering_tf_kernels.h5": "keras"}
+            "vgg16_weights_tf_dim_ordering_tf_kernels.h5": "keras",
+            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5": "keras_notop"}
+# What config.model.pretrained may say instead of a path: a source or a file's own name.
+NAMES = tuple(SOURCES) + tuple(_ALIASES)
+
+
+def source_of(name: str) -> _Source:
+  """The standard file a name selects (KeyError for any other name)."""
+  return SOURCES[_ALIASES.get(name, name)]
 
 
 def download_pretrained(name: str, cache_dir: str, timeout_s: float = 10.0) -> str:
@@ -36,7 +47,8 @@ def download_pretrained(name: str, cache_dir: str, timeout_s: float = 10.0) -> s
 
   Args:
     name: "torchvision" (or "vgg16-397923af.pth"), "timm" (or "vgg16.tv_in1k"), "keras"
-      (or "vgg16_weights_tf_dim_ordering_tf_kernels.h5").
+      (or "vgg16_weights_tf_dim_ordering_tf_kernels.h5"), "keras_notop" (or
+      "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", the conv base alone).
     cache_dir: folder holding the files (timm's as `vgg16.tv_in1k/model.safetensors`).
     timeout_s: network timeout; without network access the call fails at once.
 

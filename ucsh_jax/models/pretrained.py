@@ -6,6 +6,8 @@
   and (out, in, 1, 1); pixels `IMAGENET`.
 - Keras `vgg16_weights_tf_dim_ordering_tf_kernels.h5`: convs HWIO, fc1 and fc2 Dense
   (H*W*C, out) and (in, out); pixels `CAFFE`.
+- Keras `vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5` (`include_top=False`): the 13
+  convs alone, HWIO; pixels `CAFFE`. It fits a VGG16 that ends in an average pooling.
 
 The format is found from the file's content, not its name. torch convs are OIHW and become
 HWIO; Linear (out, in) becomes (in, out); torch flattens the pooled map in C, H, W order
@@ -16,7 +18,7 @@ import math
 import os
 import pickle
 import zipfile
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -61,7 +63,11 @@ _LAYOUTS = {
         "fc7": ("fc2/kernel", "fc2/bias", "flax"),
         "fc8": ("predictions/kernel", "predictions/bias", "flax"),
     },
+    "keras_notop": {name: (f"{_keras_conv(name)}/kernel", f"{_keras_conv(name)}/bias", "flax")
+                    for name in vgg.CONV_NAMES},
 }
+# Keras layers that only the file with the classifier ("include_top") holds.
+_KERAS_TOP = ("fc1", "fc2", "predictions")
 
 
 def _stored_shape(kind: str, shape: Tuple[int, ...], pooled: int) -> Tuple[int, ...]:
@@ -90,10 +96,11 @@ def _to_flax(kind: str, kernel: np.ndarray, pooled: int) -> np.ndarray:
   return kernel
 
 
-def _infer_architecture(raw: Mapping[str, np.ndarray],
-                        layout: Mapping[str, Tuple[str, str, str]]) -> Tuple[float, int, int]:
+def _infer_architecture(raw: Mapping[str, np.ndarray], layout: Mapping[str, Tuple[str, str, str]]
+                        ) -> Tuple[float, int, Optional[int]]:
   """(width, pooled_size, num_classes) that the stored shapes suggest; VGG16's own defaults
-  where a shape is unusable, so that the shape check names the key."""
+  where a shape is unusable, so that the shape check names the key. A conv base alone has
+  pooled size 7 and no classes (None)."""
   def out_dim(layer):
     weight_key, _, kind = layout[layer]
     shape = raw[weight_key].shape
@@ -101,6 +108,8 @@ def _infer_architecture(raw: Mapping[str, np.ndarray],
 
   try:
     width = out_dim("conv1_1") / 64
+    if "fc6" not in layout:
+      return width, 7, None
     channels = vgg.scaled_width(512, width)
     weight_key, _, kind = layout["fc6"]
     fc6_shape = raw[weight_key].shape
@@ -118,13 +127,13 @@ def convert(raw: Mapping[str, np.ndarray], layout_name: str, path: str) -> Dict[
 
   Args:
     raw: {stored key: array}.
-    layout_name: "torchvision", "timm" or "keras".
+    layout_name: "torchvision", "timm", "keras" or "keras_notop".
     path: file name for error messages.
 
   Returns:
     {"params": {layer: {"kernel", "bias"}}} (float32 NumPy) for `VGG16(num_classes, width,
     pooled_size)` at the width, pooled size and class count the shapes imply (1.0, 7,
-    1000 for the ImageNet files).
+    1000 for the ImageNet files); conv1_1 .. conv5_3 alone for "keras_notop".
 
   Raises:
     ValueError: naming missing or unexpected keys, or each key with the wrong shape
@@ -138,7 +147,7 @@ def convert(raw: Mapping[str, np.ndarray], layout_name: str, path: str) -> Dict[
     raise errors.UserError(f"{path}: not a {layout_name} VGG16 checkpoint: missing keys {missing}, "
                            f"unexpected keys {unexpected}")
   width, pooled, num_classes = _infer_architecture(raw, layout)
-  shapes = vgg.vgg16_param_shapes(width, pooled, num_classes)
+  shapes = vgg.vgg16_param_shapes(width, pooled, num_classes, include_fc="fc6" in layout)
   problems = []
   for layer, (weight_key, bias_key, kind) in layout.items():
     for key, want in ((weight_key, _stored_shape(kind, shapes[layer]["kernel"], pooled)),
@@ -148,9 +157,10 @@ def convert(raw: Mapping[str, np.ndarray], layout_name: str, path: str) -> Dict[
       elif not np.issubdtype(raw[key].dtype, np.floating):
         problems.append(f"{key}: expected floating point values, found {raw[key].dtype}")
   if problems:
-    raise errors.UserError(
-        f"{path}: {layout_name} VGG16 weights (width {width:g}, pooled size "
-        f"{pooled}, {num_classes} classes) have wrong shapes: " + "; ".join(problems))
+    shape = (f"width {width:g}" if num_classes is None else
+             f"width {width:g}, pooled size {pooled}, {num_classes} classes")
+    raise errors.UserError(f"{path}: {layout_name} VGG16 weights ({shape}) have wrong shapes: "
+                           + "; ".join(problems))
   params = {}
   for layer, (weight_key, bias_key, kind) in layout.items():
     kernel = _to_flax(kind, np.asarray(raw[weight_key], np.float32), pooled)
@@ -216,13 +226,16 @@ def detect_format(path: str) -> str:
 def load_pretrained(path: str) -> Tuple[Dict[str, Any], preprocessing.Preprocessing]:
   """Loads ImageNet VGG16 weights for `VGG16(num_classes=1000)` from any supported file.
 
+  A Keras notop file (no fc1, fc2, predictions layers) gives the conv base alone, for a VGG16
+  with an average pooling.
+
   Width, pooled size and class count follow the stored shapes (1.0, 7 and 1000 for the
   ImageNet files; smaller files load for the matching `VGG16(num_classes, width,
   pooled_size)`).
 
   Args:
     path: torchvision `.pth` (read with a restricted unpickler; never runs code from the
-      file), timm or torchvision-keyed `.safetensors`, or Keras `.h5`.
+      file), timm or torchvision-keyed `.safetensors`, or Keras `.h5` (with or without top).
 
   Returns:
     (variables, preprocessing): variables {"params": ...} as float32 NumPy arrays, and the
@@ -249,6 +262,7 @@ def load_pretrained(path: str) -> Tuple[Dict[str, Any], preprocessing.Preprocess
     raise errors.UserError(
         f"{path}: cannot read this {kind} file (truncated or corrupt?): {e}") from e
   if kind == "hdf5":
-    return convert(raw, "keras", path), preprocessing.CAFFE
+    has_top = any(key.split("/")[0] in _KERAS_TOP for key in raw)
+    return convert(raw, "keras" if has_top else "keras_notop", path), preprocessing.CAFFE
   layout = "timm" if any(k.startswith("pre_logits.") for k in raw) else "torchvision"
   return convert(raw, layout, path), preprocessing.IMAGENET

@@ -125,16 +125,25 @@ class FeatureTop(nn.Module):
 
 
 class UCSH(nn.Module):
-  """VGG16 up to fc7 (submodule `backbone`) followed by a HashHead (submodule `head`).
+  """VGG16 (submodule `backbone`), optionally a FeatureTop (`top`), then a HashHead (`head`).
+
+  With pooling "fc7" the features x are VGG16's fc7; with an average pooling of the conv base
+  ("avg_conv5_3", "avg_pool5": the notop weights have no fc6/fc7) they are the pooled maps,
+  passed through a trainable FeatureTop when `top` is set (W = I at the start), whose output
+  the similarities, the threshold, the clusters and the decoder's target are then.
 
   Attributes:
     bits: code length k.
     width: VGG16 width multiplier (1.0 for the pretrained network).
-    pooled_size: side of VGG16's adaptive average pool.
+    pooled_size: side of VGG16's adaptive average pool (pooling "fc7").
     decoder_hidden: width of the decoder's hidden layer.
     code_activation: "sign" or "tanh" (UCSH-R).
-    dropout_rate: dropout after fc6 and on fc7 before the hash layer, in train mode.
+    dropout_rate: dropout after fc6, before the top and before the hash layer, in train mode.
     dtype: computation dtype; parameters stay float32.
+    pooling: one of `vgg.POOLINGS`.
+    top: put a FeatureTop after the average pooling (not with "fc7", which has fc7).
+    start_layer: the first VGG16 layer run (see `vgg.VGG16`): with a frozen prefix computed
+      once, the network is applied from the layer after it to the activations it gave.
   """
 
   bits: int
@@ -144,6 +153,9 @@ class UCSH(nn.Module):
   code_activation: str = "sign"
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  pooling: str = "fc7"
+  top: bool = False
+  start_layer: str = vgg.CONV_NAMES[0]
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool,
@@ -151,24 +163,35 @@ class UCSH(nn.Module):
     """Encodes images; train mode needs the 'dropout' rng and 'sample' (or `code_noise`).
 
     Args:
-      images: (n, H, W, 3) normalised float images, H, W >= 32.
+      images: (n, H, W, 3) normalised float images (H, W >= `vgg.min_image_size`), or the
+        activations entering `start_layer`.
       train: enables dropout and the decoder's sampled code.
       code_noise: optional (n, bits) uniform noise for the decoder's sample (see HashHead).
 
     Returns:
-      "features" (n, F) fc7 after ReLU (F = 4096 * width), "similarity_features" (n, F) the
-      same without dropout (fc7 recomputed from fc6; equal to "features" in eval mode), and
-      HashHead's "logits", "codes" and "reconstruction"; all float32.
+      "features" (n, F): fc7 after ReLU (F = 4096 * width), or the pooled conv maps (F = 512 *
+      width) or the top's output on them; "similarity_features" (n, F) the same without
+      dropout (equal to "features" in eval mode); and HashHead's "logits", "codes" and
+      "reconstruction"; all float32.
     """
-    fc = vgg.VGG16(num_classes=None, width=self.width, pooled_size=self.pooled_size,
-                   dropout_rate=self.dropout_rate, dtype=self.dtype,
-                   name="backbone")(images, train=train)
-    features = fc["fc7"]
+    if self.top and self.pooling == "fc7":
+      raise ValueError("top is for the average poolings; pooling 'fc7' has VGG16's own fc7")
+    out = vgg.VGG16(num_classes=None, width=self.width, pooled_size=self.pooled_size,
+                    dropout_rate=self.dropout_rate, dtype=self.dtype, pooling=self.pooling,
+                    start_layer=self.start_layer, name="backbone")(images, train=train)
+    if self.pooling == "fc7":
+      features, clean = out["fc7"], self._dropout_free_fc7(out, train=train)
+    elif self.top:
+      top = FeatureTop(dropout_rate=self.dropout_rate, dtype=self.dtype, name="top")
+      features = top(out["pooled"], train=train)
+      clean = features if not train or self.dropout_rate == 0.0 else top(out["pooled"],
+                                                                         train=False)
+    else:
+      features = clean = out["pooled"]
     head = HashHead(bits=self.bits, feature_dim=features.shape[-1],
                     decoder_hidden=self.decoder_hidden, code_activation=self.code_activation,
                     dropout_rate=self.dropout_rate, dtype=self.dtype, name="head")
-    return {"features": features,
-            "similarity_features": self._dropout_free_fc7(fc, train=train),
+    return {"features": features, "similarity_features": clean,
             **head(features, train=train, code_noise=code_noise)}
 
   def _dropout_free_fc7(self, fc: Dict[str, jax.Array], *, train: bool) -> jax.Array:
@@ -193,6 +216,7 @@ def with_pretrained_backbone(ucsh_params: Mapping[str, Any],
   Args:
     ucsh_params: `variables["params"]` of UCSH, with entries "backbone" and "head".
     vgg_params: `variables["params"]` of VGG16 (e.g. from `load_pretrained`); fc8 is dropped.
+      Conv-base weights (no fc6/fc7) fit a UCSH with an average pooling.
 
   Returns:
     New params; the head is kept, every backbone array is replaced by the pretrained one
@@ -206,7 +230,9 @@ def with_pretrained_backbone(ucsh_params: Mapping[str, Any],
                            f"{sorted(ucsh_params)}); pass the UCSH variables['params']")
   backbone = ucsh_params["backbone"]
   missing = sorted(set(backbone) - set(vgg_params))
-  unexpected = sorted(set(vgg_params) - set(backbone) - {"fc8"})
+  # fc8 is ImageNet's classifier; an average-pooling backbone also drops fc6 and fc7.
+  dropped = {"fc8"} if "fc6" in backbone else {"fc6", "fc7", "fc8"}
+  unexpected = sorted(set(vgg_params) - set(backbone) - dropped)
   if missing or unexpected:
     raise errors.UserError(
         f"pretrained VGG16 params do not match the UCSH backbone: missing layers "
