@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import pickle
+import shutil
 import sys
 import tarfile
 import threading
@@ -21,7 +22,9 @@ import tensorflow_datasets as tfds
 from ucsh_jax import data
 from ucsh_jax import errors
 from ucsh_jax.data import cifar10
+from ucsh_jax.data import fingerprint
 from ucsh_jax.data import mirflickr
+from ucsh_jax.data import tfds_builder
 
 CIFAR_BATCHES = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
 
@@ -265,3 +268,92 @@ def test_nus_wide_missing_files_are_named(tmp_path):
     data.get_source(data_config(name="nus_wide", manual_dir=str(tmp_path / "manual"),
                                 data_dir=str(tmp_path / "tfds")))
   assert str(tmp_path / "manual") in str(error.value)
+
+
+def test_a_second_prepare_from_another_archive_never_returns_the_first_ones_data(tmp_path):
+  for folder, seed in (("first", 0), ("second", 1)):
+    os.makedirs(tmp_path / folder)
+    make_cifar_archive(tmp_path / folder / cifar10.ARCHIVE, seed=seed)
+  flat, _ = make_cifar_archive(tmp_path / "second" / cifar10.ARCHIVE, seed=1)
+  tfds_dir = tmp_path / "tfds"
+  data.get_source(data_config(manual_dir=str(tmp_path / "first"), data_dir=str(tfds_dir)))
+  prepared = glob.glob(str(tfds_dir / "ucsh_cifar10" / "*"))
+  assert len(prepared) == 1
+  with pytest.raises(errors.UserError) as error:
+    data.get_source(data_config(manual_dir=str(tmp_path / "second"), data_dir=str(tfds_dir)))
+  message = f"{error.value} {error.value.hint}"
+  for named in (tmp_path / "first" / cifar10.ARCHIVE, tmp_path / "second" / cifar10.ARCHIVE,
+                prepared[0]):
+    assert str(named) in message
+  # Removing the folder the error names prepares the second archive.
+  shutil.rmtree(prepared[0])
+  source = data.get_source(data_config(manual_dir=str(tmp_path / "second"),
+                                       data_dir=str(tfds_dir)))
+  np.testing.assert_array_equal(source[0]["image"], cifar_pixels(flat)[0])
+
+
+def test_a_moved_archive_is_recognised_by_its_content(tmp_path):
+  os.makedirs(tmp_path / "first")
+  flat, _ = make_cifar_archive(tmp_path / "first" / cifar10.ARCHIVE)
+  config = data_config(manual_dir=str(tmp_path / "first"), data_dir=str(tmp_path / "tfds"))
+  before = data.get_source(config)
+  shutil.move(tmp_path / "first", tmp_path / "moved")
+  after = data.get_source(data_config(manual_dir=str(tmp_path / "moved"),
+                                      data_dir=str(tmp_path / "tfds")))
+  assert after.fingerprint == before.fingerprint == fingerprint.of_file(
+      tmp_path / "moved" / cifar10.ARCHIVE)
+  np.testing.assert_array_equal(after[5]["image"], cifar_pixels(flat)[5])
+  # No archive in the manual directory (the config names a download): the prepared data are used.
+  assert data.get_source(data_config(manual_dir=str(tmp_path / "empty"),
+                                     data_dir=str(tmp_path / "tfds"))).fingerprint == \
+      before.fingerprint
+
+
+def test_prepared_data_without_a_source_record_are_refused(tmp_path):
+  os.makedirs(tmp_path / "manual")
+  make_cifar_archive(tmp_path / "manual" / cifar10.ARCHIVE)
+  config = data_config(manual_dir=str(tmp_path / "manual"), data_dir=str(tmp_path / "tfds"))
+  data.get_source(config)
+  (record,) = glob.glob(str(tmp_path / "tfds" / "ucsh_cifar10" / "*" / tfds_builder.SOURCE_FILE))
+  os.remove(record)
+  with pytest.raises(errors.UserError, match="do not record the source") as error:
+    data.get_source(config)
+  assert os.path.dirname(record) in error.value.hint
+
+
+def test_saved_splits_refuse_a_rebuilt_data_set_of_the_same_size(tmp_path):
+  os.makedirs(tmp_path / "manual")
+  make_cifar_archive(tmp_path / "manual" / cifar10.ARCHIVE, seed=0)
+  config = data_config(manual_dir=str(tmp_path / "manual"), data_dir=str(tmp_path / "tfds"))
+  first = data.get_source(config)
+  data.make_splits(config, first, seed=0, workdir=str(tmp_path / "work"))
+  shutil.rmtree(tmp_path / "tfds")
+  make_cifar_archive(tmp_path / "manual" / cifar10.ARCHIVE, seed=1)
+  second = data.get_source(config)
+  assert len(second) == len(first) and second.fingerprint != first.fingerprint
+  with pytest.raises(errors.UserError, match="made for other data"):
+    data.make_splits(config, second, seed=0, workdir=str(tmp_path / "work"))
+
+
+def test_folder_sources_are_tied_to_their_files(tmp_path):
+  make_mirflickr(tmp_path / "manual")
+  config = data_config(name="mirflickr", manual_dir=str(tmp_path / "manual"),
+                       data_dir=str(tmp_path / "tfds"))
+  data.get_source(config)
+  shutil.move(tmp_path / "manual", tmp_path / "moved")  # Same files elsewhere: recognised.
+  moved = data_config(name="mirflickr", manual_dir=str(tmp_path / "moved"),
+                      data_dir=str(tmp_path / "tfds"))
+  data.get_source(moved)
+  write_jpeg(tmp_path / "moved" / "mirflickr" / "im4.jpg", np.random.default_rng(9))
+  with pytest.raises(errors.UserError, match="not from .*moved"):
+    data.get_source(moved)
+
+  make_nus_wide(tmp_path / "nus")
+  config = data_config(name="nus_wide", manual_dir=str(tmp_path / "nus" / "official"),
+                       data_dir=str(tmp_path / "tfds"), top_concepts=3)
+  data.get_source(config)
+  label_file = tmp_path / "nus" / "official" / "Groundtruth" / "AllLabels" / "Labels_sky.txt"
+  values = label_file.read_text()
+  label_file.write_text(values.replace("0", "2").replace("1", "0").replace("2", "1"))  # Same size.
+  with pytest.raises(errors.UserError, match="ucsh_nus_wide: the prepared data"):
+    data.get_source(config)

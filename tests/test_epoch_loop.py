@@ -3,6 +3,8 @@
 One real run (3 epochs of 4 steps) with spies on the train step, the per-epoch refresh and the
 hash centers; the tests recompute in NumPy what each step and refresh should have received:
 each example's hash center from its cluster, the warm-started clusters, this epoch's threshold.
+A second run (one epoch, target "neighbours", hash_init "itq") checks that each example's
+neighbour list reaches the step by its index and that the ITQ start is fit on the training set.
 """
 
 import jax
@@ -55,12 +57,8 @@ def _host(tree):
   return jax.tree.map(np.array, tree)
 
 
-@pytest.fixture(scope="module")
-def loop(tmp_path_factory):
-  """Runs the job once and returns what the spies saw."""
-  root = tmp_path_factory.mktemp("epoch_loop")
-  features, train_idx = _write_feature_file(root / "features.npz")
-  config = _config(root / "features.npz")
+def _run_with_spies(root, config, features, train_idx):
+  """Runs the job and returns what the spies saw."""
   seen = {"steps": [], "refreshes": [], "centers": [], "model": []}
   real_make_train_step = train.train_step_lib.make_train_step
   real_refresh = train.epoch_state_lib.refresh_epoch_state
@@ -95,13 +93,35 @@ def loop(tmp_path_factory):
     patch.setattr(train.epoch_state_lib, "refresh_epoch_state", refresh)
     patch.setattr(train.ops, "hash_centers", hash_centers)
     results = train.train_and_evaluate(config, str(root / "run"))
-  assert results["steps"] == EPOCHS * STEPS_PER_EPOCH
-  assert len(seen["steps"]) == EPOCHS * STEPS_PER_EPOCH
-  assert [r["kwargs"]["epoch"] for r in seen["refreshes"]] == list(range(EPOCHS))
+  epochs = config.num_epochs
+  assert results["steps"] == epochs * STEPS_PER_EPOCH
+  assert len(seen["steps"]) == epochs * STEPS_PER_EPOCH
+  assert [r["kwargs"]["epoch"] for r in seen["refreshes"]] == list(range(epochs))
   assert len(seen["centers"]) == 1 and len(seen["model"]) == 1
   seen.update(config=config, features=features, train_idx=train_idx,
               splits_train=np.load(root / "run" / "splits" / "train.npy"))
   return seen
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+  """The job with target "cosine" and a random hash layer, 3 epochs."""
+  root = tmp_path_factory.mktemp("epoch_loop")
+  features, train_idx = _write_feature_file(root / "features.npz")
+  return _run_with_spies(root, _config(root / "features.npz"), features, train_idx)
+
+
+@pytest.fixture(scope="module")
+def neighbour_loop(tmp_path_factory):
+  """One epoch with the neighbour-rank targets and the ITQ start of the hash layer."""
+  root = tmp_path_factory.mktemp("neighbour_loop")
+  features, train_idx = _write_feature_file(root / "features.npz")
+  config = _config(root / "features.npz")
+  config.num_epochs = 1
+  config.similarity.target = "neighbours"
+  config.similarity.num_neighbours = 5
+  config.model.hash_init = "itq"
+  return _run_with_spies(root, config, features, train_idx)
 
 
 def _epoch_steps(loop, epoch):
@@ -111,11 +131,16 @@ def _epoch_steps(loop, epoch):
   return steps
 
 
+def _eval_outputs(loop, params, rows, name):
+  """Eval-mode output `name` of the inputs `rows` of the file, on one device."""
+  out = loop["model"][0].apply({"params": params}, jnp.asarray(loop["features"][rows]),
+                               train=False)
+  return np.asarray(out[name], np.float64)
+
+
 def _eval_features(loop, params):
   """Eval-mode features of the training inputs, in training-set order, on one device."""
-  inputs = loop["features"][loop["train_idx"]]
-  out = loop["model"][0].apply({"params": params}, jnp.asarray(inputs), train=False)
-  return np.asarray(out["features"], np.float64)
+  return _eval_outputs(loop, params, loop["train_idx"], "features")
 
 
 def test_each_example_gets_the_center_of_its_cluster(loop):
@@ -187,3 +212,43 @@ def test_threshold_is_this_epochs_estimate_from_this_epochs_features(loop):
     thresholds.append(estimate)
   # Each epoch's estimate is new: a stale threshold would not pass the checks above.
   assert min(abs(a - b) for a, b in zip(thresholds, thresholds[1:])) > 1e-3, thresholds
+
+
+def test_neighbour_lists_reach_the_step_by_example_index(neighbour_loop):
+  refreshed = neighbour_loop["refreshes"][0]["result"]
+  steps = _epoch_steps(neighbour_loop, 0)
+  # The lists are the cosine neighbours (in training-set indices) of this epoch's features.
+  features = _eval_features(neighbour_loop, steps[0]["params"])
+  unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+  cosine = unit @ unit.T
+  np.fill_diagonal(cosine, np.inf)
+  expected = np.argsort(-cosine, axis=1, kind="stable")[:, :5]
+  np.testing.assert_array_equal(refreshed.neighbours, expected)
+  visited = []
+  for s in steps:
+    index = s["batch"]["index"]
+    np.testing.assert_array_equal(s["batch"]["neighbours"], expected[index])
+    visited.append(index)
+  # Shuffled, and the lists differ from row to row: a lookup by batch position shows.
+  assert not np.array_equal(np.concatenate(visited), np.arange(NUM_TRAIN))
+  assert len({tuple(row) for row in expected}) == NUM_TRAIN
+
+
+def test_itq_start_is_fit_on_the_training_split_only(neighbour_loop):
+  params = neighbour_loop["steps"][0]["params"]  # The start, before the first update.
+  train_idx = neighbour_loop["train_idx"]
+  others = np.setdiff1d(np.arange(NUM_ROWS), train_idx)
+  logits_train = _eval_outputs(neighbour_loop, params, train_idx, "logits")
+  logits_others = _eval_outputs(neighbour_loop, params, others, "logits")
+  scale = logits_train.std(0)
+  # h = (x - mean) P R with the training set's mean: zero mean over exactly those rows.
+  np.testing.assert_allclose(logits_train.mean(0) / scale, 0.0, atol=1e-4)
+  assert np.abs(logits_others.mean(0) / scale).max() > 0.05
+  # P holds the training set's principal directions: the first code bits' variance is the
+  # training covariance's top eigenvalues (the rotation R mixes them; their sum is kept).
+  centred = _eval_features(neighbour_loop, params)
+  centred = centred - centred.mean(0)
+  eigenvalues = np.linalg.eigvalsh(centred.T @ centred / len(centred))[::-1]
+  bits = neighbour_loop["config"].bits
+  np.testing.assert_allclose((logits_train ** 2).mean(0).sum(), eigenvalues[:bits].sum(),
+                             rtol=1e-4)

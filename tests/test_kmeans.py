@@ -164,15 +164,37 @@ def test_seeding_is_greedy_with_two_plus_log_n_candidates():
 
 def test_restarts_keep_the_best_of_the_separate_runs():
   x = np.random.default_rng(5).uniform(size=(N_ROWS, DIM)).astype(np.float32)  # No clusters.
-  key = jax.random.key(7)
+  key = jax.random.key(10)  # Its best restart is the second: neither the first nor the last.
   best = ops.kmeans(x, CLUSTERS, key=key, num_iters=2, num_inits=4)
-  singles = [ops.kmeans(x, CLUSTERS, key=k, num_iters=2, num_inits=1)
-             for k in jax.random.split(key, 4)]
-  inertias = [float(r.inertia) for r in singles]
+  # Run i starts from the seeds of split(key, 4)[i] (num_iters=0: the seeds themselves); the
+  # NumPy reference runs Lloyd from each and keeps the lowest inertia.
+  seeds = [ops.kmeans(x, CLUSTERS, key=k, num_iters=0).centroids
+           for k in jax.random.split(key, 4)]
+  runs = [kmeans_reference.lloyd(x, s, 2, allow_empty=False) for s in seeds]
+  inertias = [inertia for _, inertia in runs]
   assert len(set(np.round(inertias, 3))) > 1  # The restarts really differ.
-  winner = singles[int(np.argmin(inertias))]
-  np.testing.assert_allclose(float(best.inertia), min(inertias), rtol=1e-6)
-  np.testing.assert_array_equal(np.asarray(best.assignments), np.asarray(winner.assignments))
+  assert 0 < np.argmin(inertias) < 3
+  centroids = runs[int(np.argmin(inertias))][0]
+  np.testing.assert_allclose(float(best.inertia), min(inertias), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(best.centroids), centroids, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(best.assignments),
+                                kmeans_reference.sq_dist(x, centroids).argmin(1))
+
+
+def test_result_is_that_of_the_returned_centroids_when_lloyd_stops_at_num_iters():
+  x = _blobs(3)
+  init = x[:CLUSTERS]  # Rows of the same blobs, far from a fixed point.
+  for num_iters in (1, 2, 3):
+    result = ops.kmeans(x, CLUSTERS, key=jax.random.key(0), num_iters=num_iters,
+                        init_centroids=init)
+    centroids, inertia = kmeans_reference.lloyd(x, init, num_iters, allow_empty=False)
+    previous, _ = kmeans_reference.lloyd(x, init, num_iters - 1, allow_empty=False)
+    nearest = kmeans_reference.sq_dist(x, centroids).argmin(1)
+    # Lloyd stopped while the assignments still change.
+    assert (nearest != kmeans_reference.sq_dist(x, previous).argmin(1)).any()
+    np.testing.assert_allclose(np.asarray(result.centroids), centroids, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(result.assignments), nearest)
+    np.testing.assert_allclose(float(result.inertia), inertia, rtol=1e-5)
 
 
 def _np_spherical_lloyd(x, init, num_iters):

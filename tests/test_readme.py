@@ -209,10 +209,14 @@ def check_baselines(command, root, result):
 
 
 def check_prepare(command, root, result):
-  workdir = os.path.join(root, _args(command)["workdir"])
+  args = _args(command)
+  workdir = os.path.join(root, args["workdir"])
   assert f"split files in {workdir}/splits" in result.stdout, result.stdout
   for name in ("query", "database", "train"):
     assert os.path.exists(os.path.join(workdir, "splits", f"{name}.npy"))
+  # The prepared records go to the command's own data_dir, never to the user's default one.
+  assert os.path.isdir(os.path.join(root, args["config.data.data_dir"], "ucsh_cifar10"))
+  assert f"prepared from {os.path.join(root, args['config.data.manual_dir'])}" in result.stdout
 
 
 def check_tables(command, root, result):

@@ -1,7 +1,9 @@
 """The run's record: absolute paths from the entry point, what it stores, what may change."""
 
+import json
 import os
 
+import numpy as np
 import pytest
 
 from configs import digits as digits_config
@@ -11,9 +13,12 @@ from test_pretrained import keras_layers
 from test_pretrained import torchvision_state_dict
 from test_pretrained import write_keras_h5
 from test_pretrained import write_zip_pth
+import tiny_runs
 from ucsh_jax import cli
 from ucsh_jax import errors
 from ucsh_jax import run_record
+from ucsh_jax import train
+from ucsh_jax.data import fingerprint
 
 
 def test_paths_are_made_absolute_and_names_urls_and_defaults_kept(tmp_path, monkeypatch):
@@ -85,3 +90,17 @@ def test_tools_refuse_a_folder_without_a_run(tmp_path):
   with pytest.raises(errors.UserError, match="cannot read the run record"):
     run_record.load_config(str(tmp_path))
   assert os.path.exists(tmp_path / run_record.RECORD_FILE)
+
+
+def test_resume_and_eval_refuse_data_that_no_longer_match_the_record(tmp_path):
+  workdir, features, labels = tiny_runs.features_run(str(tmp_path))
+  path = str(tmp_path / "data.npz")
+  with open(run_record.record_path(workdir)) as f:
+    assert json.load(f)["data_fingerprint"] == fingerprint.of_file(path)
+  config = run_record.load_config(workdir)
+  np.savez(path, features=features[::-1], labels=labels[::-1])  # Same size, other rows.
+  with pytest.raises(errors.UserError, match="was trained on other data"):
+    train.evaluate_checkpoint(config, workdir, write_codes=True)
+  config.num_epochs = 2
+  with pytest.raises(errors.UserError, match="was trained on other data"):
+    train.train_and_evaluate(config, workdir)

@@ -15,8 +15,10 @@ import pytest
 import tiny_runs
 from ucsh_jax import errors
 from ucsh_jax import inference
+from ucsh_jax import run_record
 from ucsh_jax import search
 from ucsh_jax import searcher as searcher_lib
+from ucsh_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,3 +189,31 @@ def test_features_run_takes_npz_queries_of_its_width_only(tmp_path):
   np.savez(tmp_path / "nan.npz", features=features[:3])
   with pytest.raises(errors.UserError, match="row 2 of 'features' is not finite"):
     search.answers(searcher, str(tmp_path / "nan.npz"), None, 5)
+
+
+def test_a_database_cached_before_a_new_checkpoint_is_encoded_again(tmp_path, monkeypatch):
+  workdir, features, labels = tiny_runs.features_run(str(tmp_path))
+  np.savez(tmp_path / "collection.npz", features=features[:30], labels=labels[:30])
+  collection = str(tmp_path / "collection.npz")
+  calls = []
+  outputs_for = inference.outputs_for
+  monkeypatch.setattr(inference, "outputs_for",
+                      lambda *a, **k: calls.append(len(a[3])) or outputs_for(*a, **k))
+  before = searcher_lib.Searcher.from_workdir(workdir, database=collection)
+  assert calls == [30]
+  old_codes = before._encode(features[:30])
+  config = run_record.load_config(workdir)
+  config.num_epochs += 1  # Train further: a new checkpoint (fast, so that the codes move).
+  config.optimizer.learning_rate *= 100
+  train.train_and_evaluate(config, workdir)
+
+  calls.clear()
+  after = searcher_lib.Searcher.from_workdir(workdir, database=collection)
+  assert calls == [30]  # Encoded again with the new checkpoint, not read from the cache.
+  assert len(os.listdir(os.path.join(workdir, searcher_lib.CACHE_DIR))) == 2
+  new_codes = after._encode(features[:30])
+  assert (new_codes != old_codes).any()  # The new checkpoint encodes differently.
+  # Each item of the collection is found at distance 0 from the new codes of its own features.
+  found = search.answers(after, collection, None, 30)
+  for i, answer in enumerate(found):
+    assert {hit["id"]: hit["distance"] for hit in answer["results"]}[i] == 0

@@ -3,11 +3,13 @@
   {"format": 1, "config": {...}, "config_file": "/abs/configs/digits.py",
    "weights": {"pretrained": "...", "file": "/abs/vgg16.pth" or null, "format": "torch_zip"},
    "preprocessing": {"mean": [...], "std": [...], "channel_order": "RGB", "pixel_range": 1.0}
-                    or null (feature files), "created": "2026-12-01T21:30:00Z"}
+                    or null (feature files), "created": "2026-12-01T21:30:00Z",
+   "data_fingerprint": "sha256:..."}
 
 Written when a run starts in an empty workdir. A later run on the same workdir must agree with it
 on every field that shapes the model, the optimiser or the splits (`check`); only the fields in
-MAY_CHANGE may differ. The tools that read a run (search, serve, report) rebuild it from
+MAY_CHANGE may differ, and its data must have the recorded fingerprint (`check_data`: the
+first start that loads the data records it). The tools that read a run (search, serve, report) rebuild it from
 `load_config`.
 """
 
@@ -140,11 +142,33 @@ def check_or_write(config: ml_collections.ConfigDict, workdir: str,
   if read(workdir) is not None:
     return
   os.makedirs(workdir, exist_ok=True)
+  _write(workdir, describe(config, config_file))
+
+
+def _write(workdir: str, record: Dict[str, Any]) -> None:
   path = record_path(workdir)
   tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "w") as f:
-    json.dump(describe(config, config_file), f, indent=2, sort_keys=True)
+    json.dump(record, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def check_data(workdir: str, fingerprint: str, *, write: bool) -> None:
+  """Refuses data whose fingerprint (`source.fingerprint`) is not the one the workdir's record
+  holds; a record without one gets this one (written only with `write`: process 0)."""
+  record = read(workdir)
+  if record is None:
+    return
+  recorded = record.get("data_fingerprint")
+  if recorded is None:
+    if write:
+      _write(workdir, {**record, "data_fingerprint": fingerprint})
+  elif recorded != fingerprint:
+    raise errors.UserError(
+        f"the run in {workdir} was trained on other data (fingerprint {recorded}) than the "
+        f"data its config names now ({fingerprint})",
+        hint="restore the run's data (see the data fields of "
+             f"{record_path(workdir)}), or train in a new --workdir")
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -26,6 +26,7 @@ from ucsh_jax import ops
 from ucsh_jax import parallel
 from ucsh_jax import prefix_cache
 from ucsh_jax import progress
+from ucsh_jax import run_record
 from ucsh_jax import train_step as train_step_lib
 
 
@@ -58,6 +59,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
   experiment.validate(config, mesh.size)
   os.makedirs(workdir, exist_ok=True)
   source = data.get_source(config.data)
+  run_record.check_data(workdir, source.fingerprint, write=jax.process_index() == 0)
   splits = data.make_splits(config.data, source, seed=config.seed, workdir=workdir)
   if len(splits.train) < max(config.batch_size, config.num_clusters):
     raise errors.UserError(f"the training set has {len(splits.train)} images, fewer than "

@@ -4,7 +4,7 @@ The archive `cifar-10-python.tar.gz` holds `cifar-10-batches-py/data_batch_1..5`
 pickled dicts with b'data' uint8 (N, 3072) (R, G, B planes, each 32x32 row-major) and b'labels'
 (N ints); `batches.meta` holds b'label_names'. It is taken from the manual directory when there,
 otherwise downloaded. Images are stored as PNG (lossless), in archive order: split 'train' is
-data_batch_1..5, split 'test' is test_batch.
+data_batch_1..5, split 'test' is test_batch. The prepared data record the archive's sha256.
 """
 
 from typing import Dict, Iterator, Tuple
@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from ucsh_jax import errors
 from ucsh_jax import progress
+from ucsh_jax.data import fingerprint
 from ucsh_jax.data import images
 from ucsh_jax.data import tfds_builder
 
@@ -122,6 +123,13 @@ class UcshCifar10(tfds_builder.ManualDirBuilder):
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
         disable_shuffling=True)  # Records stay in archive order.
 
+  def current_source(self):
+    """The manual directory's archive; None without one (the config then names a download)."""
+    local = self.manual_path / ARCHIVE
+    if not local.exists():
+      return None
+    return {"fingerprint": fingerprint.of_file(local), "origin": str(local)}
+
   def _archive_path(self, dl_manager):
     local = self.manual_path / ARCHIVE
     if local.exists():
@@ -136,7 +144,10 @@ class UcshCifar10(tfds_builder.ManualDirBuilder):
     return dl_manager.download(URL)
 
   def _split_generators(self, dl_manager):
-    arrays = read_archive(self._archive_path(dl_manager))
+    path = self._archive_path(dl_manager)
+    arrays = read_archive(path)
+    self._record_source({"fingerprint": fingerprint.of_file(path),
+                         "origin": str(path) if path == self.manual_path / ARCHIVE else URL})
     return {split: self._generate_examples(split, *arrays[split]) for split in ("train", "test")}
 
   def _generate_examples(self, split, images_NxHxWx3, labels_N) -> Iterator:

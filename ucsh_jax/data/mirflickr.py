@@ -5,10 +5,11 @@ the annotation files of `mirflickr25k_annotations_v080.zip`, one per label (`ani
 `baby.txt`, ...), each listing 1-based image numbers, one per line. The annotation files are looked
 for in `annotations/`, `mirflickr25k_annotations_v080/` or the manual directory itself. The 24
 "potential" labels are used; the `*_r1.txt` files ("relevant" subsets) are not separate labels.
-Records keep the original JPEG bytes, in image-number order.
+Records keep the original JPEG bytes, in image-number order. The prepared data record the
+fingerprint of the annotation files' bytes and of the images' paths and sizes.
 """
 
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import os
 import re
@@ -18,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from ucsh_jax import errors
 from ucsh_jax import progress
+from ucsh_jax.data import fingerprint
 from ucsh_jax.data import tfds_builder
 
 IMAGE_DIR = "mirflickr"
@@ -27,8 +29,8 @@ LABELS = ("animals", "baby", "bird", "car", "clouds", "dog", "female", "flower",
           "structures", "sunset", "transport", "tree", "water")
 
 
-def read_layout(manual_dir: str) -> Tuple[List[str], np.ndarray]:
-  """-> (image paths im1.jpg .. im<n>.jpg (n), labels uint8 (n, 24)).
+def read_layout(manual_dir: str) -> Tuple[List[str], np.ndarray, List[str]]:
+  """-> (image paths im1.jpg .. im<n>.jpg (n), labels uint8 (n, 24), the 24 annotation files).
 
   n is the largest image number among the image files and the annotation files, so an image that
   is annotated but absent shows up as an unreadable file. Raises FileNotFoundError naming a missing
@@ -43,10 +45,11 @@ def read_layout(manual_dir: str) -> Tuple[List[str], np.ndarray]:
              if (m := re.fullmatch(r"im(\d+)\.jpg", f))]
   annotation_dir = next((os.path.join(manual_dir, d) for d in ANNOTATION_DIRS
                          if os.path.isfile(os.path.join(manual_dir, d, f"{LABELS[0]}.txt"))), None)
-  annotated = []
+  annotated, annotation_files = [], []
   for label in LABELS:
     path = os.path.join(annotation_dir or os.path.join(manual_dir, ANNOTATION_DIRS[0]),
                         f"{label}.txt")
+    annotation_files.append(path)
     if not os.path.isfile(path):
       raise errors.UserError(
           f"ucsh_mirflickr: missing annotation file {path}; put the 24 label files of "
@@ -65,7 +68,7 @@ def read_layout(manual_dir: str) -> Tuple[List[str], np.ndarray]:
   labels = np.zeros((n, len(LABELS)), np.uint8)
   for j, numbers_j in enumerate(annotated):
     labels[numbers_j - 1, j] = 1
-  return [os.path.join(image_dir, f"im{i}.jpg") for i in range(1, n + 1)], labels
+  return [os.path.join(image_dir, f"im{i}.jpg") for i in range(1, n + 1)], labels, annotation_files
 
 
 class UcshMirflickr(tfds_builder.ManualDirBuilder):
@@ -90,12 +93,27 @@ class UcshMirflickr(tfds_builder.ManualDirBuilder):
         homepage="https://press.liacs.nl/mirflickr/",
         disable_shuffling=True)  # Records stay in image-number order.
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Everything comes from the manual directory.
+  def _read(self) -> Tuple[List[str], np.ndarray, Dict[str, str]]:
+    """-> (image paths (n), labels uint8 (n, 24), the source's {"fingerprint", "origin"})."""
     if not self.manual_path.exists():
       raise errors.UserError(f"{self.name}: the manual directory {self.manual_path} does not "
                               f"exist. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    paths, labels = read_layout(os.fspath(self.manual_path))
+    manual = os.fspath(self.manual_path)
+    paths, labels, annotation_files = read_layout(manual)
+    return paths, labels, {
+        "fingerprint": fingerprint.of_files(manual, paths, content=annotation_files),
+        "origin": manual}
+
+  def current_source(self):
+    """The manual directory's files; None where it has no mirflickr/ folder."""
+    if not os.path.isdir(os.path.join(os.fspath(self.manual_path), IMAGE_DIR)):
+      return None
+    return self._read()[2]
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything comes from the manual directory.
+    paths, labels, source = self._read()
+    self._record_source(source)
     names = [f"{IMAGE_DIR}/{os.path.basename(path)}" for path in paths]
     examples = self._generate_examples(paths, labels, names)
     return {"train": progress.iterate(examples, f"{self.name}: preparing", len(paths))}

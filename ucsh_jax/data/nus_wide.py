@@ -9,10 +9,11 @@ Two layouts are read (NUS-WIDE cannot be downloaded automatically):
 Image paths are found under the manual directory, or its `Flickr/` or `images/` folder, dropping
 leading path parts (e.g. `C:/ImageData/`) as needed; the first image that exists fixes the rule.
 The stored record keeps the original JPEG bytes and every concept (labels uint8 (c,)); the top-k
-concept selection happens when reading (`sources.py`).
+concept selection happens when reading (`sources.py`). The prepared data record the fingerprint
+of the list and label files' bytes and of the images' paths and sizes.
 """
 
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import os
 
@@ -21,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from ucsh_jax import errors
 from ucsh_jax import progress
+from ucsh_jax.data import fingerprint
 from ucsh_jax.data import tfds_builder
 
 IMAGE_LIST = "ImageList/Imagelist.txt"
@@ -126,17 +128,37 @@ class UcshNusWide(tfds_builder.ManualDirBuilder):
         homepage="https://lms.comp.nus.edu.sg/research/NUS-WIDE.html",
         disable_shuffling=True)  # Records stay in list order.
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Everything comes from the manual directory.
+  def _read(self) -> Tuple[List[str], np.ndarray, Dict[str, str]]:
+    """-> (image paths (n), labels uint8 (n, c), the source's {"fingerprint", "origin"})."""
     manual = os.fspath(self.manual_path)
     if os.path.isfile(os.path.join(manual, IMAGE_LIST)):
       paths, labels = read_official(manual)
+      label_dir = os.path.join(manual, LABELS_DIR)
+      listings = [os.path.join(manual, IMAGE_LIST)] + [
+          os.path.join(label_dir, f) for f in sorted(os.listdir(label_dir))
+          if f.startswith("Labels_") and f.endswith(".txt")]
     elif os.path.isfile(os.path.join(manual, LIST_FILE)):
       paths, labels = read_list(manual)
+      listings = [os.path.join(manual, LIST_FILE)]
     else:
       raise errors.UserError(
           f"{self.name}: neither {IMAGE_LIST} nor {LIST_FILE} is in the manual directory {manual}. "
           + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    return paths, labels, {"fingerprint": fingerprint.of_files(manual, paths, content=listings),
+                           "origin": manual}
+
+  def current_source(self):
+    """The manual directory's files; None where it holds no list file."""
+    manual = os.fspath(self.manual_path)
+    if not any(os.path.isfile(os.path.join(manual, f)) for f in (IMAGE_LIST, LIST_FILE)):
+      return None
+    return self._read()[2]
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything comes from the manual directory.
+    paths, labels, source = self._read()
+    self._record_source(source)
+    manual = os.fspath(self.manual_path)
     names = [os.path.relpath(path, manual) for path in paths]
     examples = self._generate_examples(paths, labels, names)
     return {"train": progress.iterate(examples, f"{self.name}: preparing", len(paths))}

@@ -4,7 +4,8 @@
       [--config.data.manual_dir=DIR] [--workdir=DIR]
 
 tfds datasets are downloaded (CIFAR-10) or read from the manual directory and written as
-ArrayRecord; the split files go to `<workdir>/splits/` (not written without --workdir).
+ArrayRecord; the split files go to `<workdir>/splits/` (not written without --workdir). It prints
+what the data were prepared from (file, folder or URL) and their fingerprint.
 """
 
 from absl import flags
@@ -26,6 +27,8 @@ def main(argv):
   source = sources.get_source(config.data)
   splits = splits_lib.make_splits(config.data, source, seed=config.seed, workdir=workdir)
   print(f"{config.data.name}: {len(source)} examples")
+  if isinstance(source, sources.TfdsSource):
+    print(f"  prepared from {source.origin} ({source.fingerprint})")
   for name, idx in zip(splits_lib.SPLIT_NAMES, splits):
     print(f"  {name:<9} {len(idx)}")
   print(f"split files in {workdir}/splits" if workdir

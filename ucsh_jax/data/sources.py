@@ -1,6 +1,6 @@
 """`get_source`: the dataset a config names, as a random-access source of images or features."""
 
-from typing import Protocol, Sequence, Tuple
+from typing import Dict, Protocol, Sequence, Tuple
 
 import os
 
@@ -14,6 +14,7 @@ from ucsh_jax import errors
 from ucsh_jax.data import cifar10
 from ucsh_jax.data import digits
 from ucsh_jax.data import features
+from ucsh_jax.data import fingerprint as fingerprint_lib
 from ucsh_jax.data import folders
 from ucsh_jax.data import images
 from ucsh_jax.data import mirflickr
@@ -34,11 +35,13 @@ class Source(Protocol):
 
   `source[i]` is {"image": uint8 (H, W, 3) RGB} (kind "image") or {"features": float32 (d,)}
   (kind "features"), plus "label": int32 () or multi-hot int32 (c,). `labels` holds every label,
-  (n,) or (n, c) int32, read without decoding images.
+  (n,) or (n, c) int32, read without decoding images. `fingerprint` identifies the data by
+  content (see `fingerprint.py`; set by `get_source`).
   """
 
   kind: str
   labels: np.ndarray
+  fingerprint: str
 
   def __len__(self) -> int:
     ...
@@ -119,24 +122,31 @@ def top_concepts(labels_NxC: np.ndarray, k: int) -> np.ndarray:
   return np.argsort(-labels_NxC.sum(0), kind="stable")[:k]
 
 
-def prepare_tfds(data_config: ml_collections.ConfigDict) -> Tuple[object, Tuple[str, ...], str]:
-  """Prepares the tfds dataset `data_config.name` if needed -> (builder, splits, label key).
+def prepare_tfds(data_config: ml_collections.ConfigDict
+                 ) -> Tuple[object, Tuple[str, ...], str, Dict[str, str]]:
+  """Prepares the tfds dataset `data_config.name` if needed
+  -> (builder, splits, label key, the source it was prepared from {"fingerprint", "origin"}).
 
   Process 0 prepares first (download or manual directory); the other processes wait for it and
-  then prepare only if they cannot see its result (a host-local data_dir).
+  then prepare only if they cannot see its result (a host-local data_dir). Data prepared before
+  are used only if they come from the source the config names (`ManualDirBuilder.check_source`).
   """
   builder_cls, splits, key = _TFDS[data_config.name]
   builder = builder_cls(data_dir=data_config.get("data_dir") or None,
                         manual_dir=data_config.get("manual_dir") or None,
                         skip_corrupt=bool(data_config.get("skip_corrupt", False)),
                         file_format="array_record")
+  prepared_here = False
   if jax.process_index() == 0 and not builder.is_prepared():
     builder.download_and_prepare()
+    prepared_here = True
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"ucsh_jax.data: {builder.name} prepared")
     if not builder.is_prepared():
       builder.download_and_prepare()
-  return builder, splits, key
+      prepared_here = True
+  source = builder.recorded_source() if prepared_here else builder.check_source()
+  return builder, splits, key, source
 
 
 def get_source(data_config: ml_collections.ConfigDict) -> Source:
@@ -147,18 +157,25 @@ def get_source(data_config: ml_collections.ConfigDict) -> Source:
   """
   name = data_config.name
   if name == "digits":
-    return digits.DigitsSource()
-  if name == "image_folder":
-    return folders.ImageFolderSource(data_config.path,
-                                     skip_corrupt=bool(data_config.get("skip_corrupt", False)))
-  if name == "features":
-    return features.FeatureSource(data_config.path)
-  if name not in _TFDS:
+    source = digits.DigitsSource()
+    source.fingerprint = fingerprint_lib.of_arrays(source.images_Nx8x8x3, source.labels)
+  elif name == "image_folder":
+    source = folders.ImageFolderSource(data_config.path,
+                                       skip_corrupt=bool(data_config.get("skip_corrupt", False)))
+    source.fingerprint = fingerprint_lib.of_files(data_config.path, source.paths)
+  elif name == "features":
+    source = features.FeatureSource(data_config.path)
+    source.fingerprint = fingerprint_lib.of_file(data_config.path)
+  elif name in _TFDS:
+    builder, splits, key, prepared_from = prepare_tfds(data_config)
+    parts = tfds.data_source(builder.name, split=list(splits), data_dir=builder.data_dir_root,
+                             download=False, decoders={"image": tfds.decode.SkipDecoding()})
+    labels = _cached_labels(builder, parts, key)
+    if name == "nus_wide":
+      labels = labels[:, top_concepts(labels, int(data_config.get("top_concepts", 10)))]
+    source = TfdsSource(builder.name, parts, labels)
+    source.fingerprint = prepared_from["fingerprint"]
+    source.origin = prepared_from["origin"]
+  else:
     raise errors.UserError(f"unknown data.name {name!r}; expected one of {NAMES}")
-  builder, splits, key = prepare_tfds(data_config)
-  parts = tfds.data_source(builder.name, split=list(splits), data_dir=builder.data_dir_root,
-                           download=False, decoders={"image": tfds.decode.SkipDecoding()})
-  labels = _cached_labels(builder, parts, key)
-  if name == "nus_wide":
-    labels = labels[:, top_concepts(labels, int(data_config.get("top_concepts", 10)))]
-  return TfdsSource(builder.name, parts, labels)
+  return source

@@ -117,27 +117,33 @@ def check_splits(splits: Splits, num_examples: int, where: str) -> Splits:
   return splits
 
 
-def _save(splits: Splits, folder: str, num_examples: int, seed: int) -> None:
+def _save(splits: Splits, folder: str, num_examples: int, seed: int,
+          fingerprint: Optional[str]) -> None:
   """Every file is written to a temporary name and renamed, info.json first: a reader that sees
   all three .npy files also sees a complete info.json."""
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, "info.tmp.json"), "w") as f:
-    json.dump({"num_examples": num_examples, "seed": seed}, f)
+    json.dump({"num_examples": num_examples, "seed": seed, "fingerprint": fingerprint}, f)
   os.replace(os.path.join(folder, "info.tmp.json"), os.path.join(folder, "info.json"))
   for name, idx in zip(SPLIT_NAMES, splits):
     np.save(os.path.join(folder, f"{name}.tmp.npy"), idx)
     os.replace(os.path.join(folder, f"{name}.tmp.npy"), os.path.join(folder, f"{name}.npy"))
 
 
-def _load(folder: str, num_examples: int) -> Splits:
+def _load(folder: str, num_examples: int, fingerprint: Optional[str]) -> Splits:
   info_path = os.path.join(folder, "info.json")
   if os.path.exists(info_path):
     with open(info_path) as f:
-      saved = json.load(f)["num_examples"]
-    if saved != num_examples:
+      info = json.load(f)
+    if info["num_examples"] != num_examples:
       raise errors.UserError(
-          f"the splits in {folder} were made for a dataset of {saved} examples but "
-          f"this one has {num_examples}; use a new workdir or delete {folder}")
+          f"the splits in {folder} were made for a dataset of {info['num_examples']} examples "
+          f"but this one has {num_examples}; use a new workdir or delete {folder}")
+    if info.get("fingerprint") and fingerprint and info["fingerprint"] != fingerprint:
+      raise errors.UserError(
+          f"the splits in {folder} were made for other data (fingerprint "
+          f"{info['fingerprint']}) than these ({fingerprint}); use a new workdir, or the data "
+          "the splits were made for")
   splits = Splits(*(np.load(os.path.join(folder, f"{n}.npy")).astype(np.int64)
                     for n in SPLIT_NAMES))
   return check_splits(splits, num_examples, folder)
@@ -170,15 +176,16 @@ def make_splits(data_config: ml_collections.ConfigDict, source, *, seed: int,
 
   Otherwise drawn with `protocol_splits` (sizes `data_config.num_query`, `num_database`,
   `num_train`; a feature file's own index arrays win), checked, and saved by process 0 as
-  `workdir/splits/{query,database,train}.npy` plus `info.json` (dataset size, seed). Saved splits
-  are checked against the dataset size. `data_config.splits_file` (an .npz with query_idx,
-  database_idx, train_idx) gives the splits instead of drawing them. workdir None: nothing is
-  read or written.
+  `workdir/splits/{query,database,train}.npy` plus `info.json` (dataset size, seed, the source's
+  fingerprint). Saved splits are checked against the dataset size and fingerprint.
+  `data_config.splits_file` (an .npz with query_idx, database_idx, train_idx) gives the splits
+  instead of drawing them. workdir None: nothing is read or written.
   """
   num_examples = len(source)
+  fingerprint = getattr(source, "fingerprint", None)
   folder = os.path.join(workdir, "splits") if workdir else None
   if folder and all(os.path.exists(os.path.join(folder, f"{n}.npy")) for n in SPLIT_NAMES):
-    return _load(folder, num_examples)
+    return _load(folder, num_examples, fingerprint)
   splits_file = data_config.get("splits_file", "")
   given = read_splits_file(splits_file) if splits_file else getattr(source, "given_splits", None)
   splits = protocol_splits(
@@ -187,5 +194,5 @@ def make_splits(data_config: ml_collections.ConfigDict, source, *, seed: int,
       num_train=int(data_config.num_train), seed=seed, given=given)
   check_splits(splits, num_examples, splits_file or f"splits of {data_config.name}")
   if folder and jax.process_index() == 0:
-    _save(splits, folder, num_examples, seed)
+    _save(splits, folder, num_examples, seed, fingerprint)
   return splits

@@ -5,16 +5,26 @@ the original JPEG bytes), never numpy image arrays, and are prepared with
 `file_format="array_record"`; `tfds.data_source` then reads them without TensorFlow.
 tensorflow-datasets 4.9.10 imports `importlib_resources` when it prepares a builder that lives in a
 package but declares it only for Python < 3.9 (tfds issue #11212), so it must be installed.
+
+Prepared data are tied to their source by content: preparing writes `SOURCE_FILE` (the source's
+fingerprint, see `fingerprint.py`, and where it came from) next to the records, and
+`check_source` refuses prepared data whose source is not the one the config names now.
 """
 
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import json
 
 from absl import logging
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ucsh_jax import errors
+from ucsh_jax.data import fingerprint as fingerprint_lib
 from ucsh_jax.data import images
+
+SOURCE_FILE = "ucsh_source.json"  # {"fingerprint": ..., "origin": file, folder or URL}
 
 
 class ManualDirBuilder(tfds.core.GeneratorBasedBuilder):
@@ -32,6 +42,42 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder):
     self.manual_path = (epath.Path(manual_dir) if manual_dir
                         else self.data_dir_root / "downloads" / "manual")
     self.skip_corrupt = skip_corrupt
+
+  def current_source(self) -> Optional[Dict[str, str]]:
+    """{"fingerprint", "origin"} of the source this builder would prepare from now, or None
+    where that source is not here to compare (e.g. a download)."""
+    raise NotImplementedError
+
+  def _record_source(self, source: Dict[str, str]) -> None:
+    """Writes SOURCE_FILE into the folder being prepared (tfds renames it into place with the
+    records, so prepared data always carry it)."""
+    (self.data_path / SOURCE_FILE).write_text(json.dumps(source, sort_keys=True))
+
+  def recorded_source(self) -> Optional[Dict[str, str]]:
+    """The prepared data's SOURCE_FILE, or None without one."""
+    path = self.data_path / SOURCE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+  def check_source(self) -> Dict[str, str]:
+    """The prepared data's recorded source; a UserError unless it is the source the config
+    names now (compared by fingerprint, where that source is here), naming both and the folder
+    to remove."""
+    folder = self.data_path
+    recorded = self.recorded_source()
+    if recorded is None:
+      raise errors.UserError(
+          f"{self.name}: the prepared data in {folder} do not record the source they were "
+          f"prepared from ({SOURCE_FILE})",
+          hint=f"remove {folder} to prepare them again")
+    current = self.current_source()
+    if current is not None and current["fingerprint"] != recorded["fingerprint"]:
+      raise errors.UserError(
+          f"{self.name}: the prepared data in {folder} come from {recorded['origin']} "
+          f"({fingerprint_lib.short(recorded['fingerprint'])}), not from {current['origin']} "
+          f"({fingerprint_lib.short(current['fingerprint'])}) that the config names",
+          hint=f"remove {folder} to prepare from {current['origin']}, or give another "
+               "--config.data.data_dir")
+    return recorded
 
   def _generate_examples(self, paths: Sequence[str], labels_NxC: np.ndarray,
                          file_names: Sequence[str]) -> Iterator[Tuple[int, dict]]:
