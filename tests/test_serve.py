@@ -6,7 +6,6 @@ import io
 import json
 import os
 import selectors
-import shutil
 import struct
 import subprocess
 import sys
@@ -18,13 +17,13 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import browser
 import tiny_runs
 from ucsh_jax import search
 from ucsh_jax import searcher as searcher_lib
 from ucsh_jax import serve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package (.ci/run).
 
 
 @pytest.fixture(scope="module")
@@ -186,11 +185,8 @@ def test_page_upload_form_and_query_results_render_in_chromium(run, server, tmp_
   assert status == 400 and b"not an image" in body
 
   shot = tmp_path / "page.png"
-  subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-                  f"--screenshot={shot}", "--window-size=1000,900", f"{server}?query_index=1"],
-                 capture_output=True, timeout=120, check=True)
+  browser.run(f"--screenshot={shot}", "--window-size=1000,900", f"{server}?query_index=1",
+              user_data_dir=tmp_path / "profile", timeout_s=120)
   pixels = np.asarray(PIL.Image.open(shot).convert("RGB")).astype(np.int32)
   assert pixels.shape == (900, 1000, 3)
   # The thumbnails' coloured squares (text and frames are grey, black or thin link blue).
