@@ -6,6 +6,7 @@ import io
 import json
 import os
 import selectors
+import socket
 import struct
 import subprocess
 import sys
@@ -192,6 +193,22 @@ def test_page_upload_form_and_query_results_render_in_chromium(run, server, tmp_
   # The thumbnails' coloured squares (text and frames are grey, black or thin link blue).
   coloured = (pixels.max(-1) - pixels.min(-1)) > 120
   assert coloured.mean() > 0.02, coloured.mean()
+
+
+@pytest.mark.parametrize("host, port, message", [
+    ("127.0.0.1", None, "port {port} on 127.0.0.1 is in use by another program"),
+    ("127.0.0.1", 70000, "--port=70000: a port is a number from 0 to 65535"),
+    ("192.0.2.1", 0, "cannot listen on 192.0.2.1 port 0: "),  # Not this machine's address.
+])
+def test_an_address_that_cannot_be_used_is_one_error_line(run, host, port, message):
+  with socket.create_server(("127.0.0.1", 0)) as taken:
+    port = taken.getsockname()[1] if port is None else port
+    result = subprocess.run(
+        [sys.executable, "-m", "ucsh_jax.serve", f"--workdir={run / 'run'}", f"--host={host}",
+         f"--port={port}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr
+  (line,) = result.stderr.splitlines()
+  assert line.startswith("error: " + message.format(port=port)), line
 
 
 def test_in_process_app_compiles_once_and_decodes_by_header_first(run):

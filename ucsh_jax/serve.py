@@ -13,7 +13,9 @@ from its header, before decoding). Images are looked up by id in the run's data 
 path from the request.
 """
 
+import errno
 import io
+import socket
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -204,20 +206,38 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
   return app
 
 
-def serve(app: flask.Flask, host: str, port: int) -> Tuple[Any, str]:
-  """A threaded WSGI server for `app` (not started) and its URL."""
-  server = serving.make_server(host, port, app, threaded=True)
-  return server, f"http://{host}:{server.port}/"
+def listen(host: str, port: int) -> socket.socket:
+  """A TCP socket listening on (host, port); UserError where that address cannot be used (a
+  port in use or out of range, a host that is not this machine's)."""
+  if not 0 <= port <= 65535:
+    raise errors.UserError(f"--port={port}: a port is a number from 0 to 65535")
+  try:
+    return socket.create_server((host, port), family=serving.select_address_family(host, port),
+                                backlog=128)
+  except OSError as e:
+    if e.errno == errno.EADDRINUSE:
+      raise errors.UserError(f"port {port} on {host} is in use by another program: stop it, or "
+                             "start with another --port (--port=0 picks a free one)") from e
+    raise errors.UserError(f"cannot listen on {host} port {port}: {e.strerror or e}") from e
+
+
+def serve(app: flask.Flask, listener: socket.socket) -> Tuple[Any, str]:
+  """A threaded WSGI server for `app` on the socket from `listen` (not started) and its URL."""
+  host, port = listener.getsockname()[:2]
+  server = serving.make_server(host, port, app, threaded=True, fd=listener.fileno())
+  listener.close()  # The server holds its own duplicate of the socket.
+  return server, f"http://{f'[{host}]' if ':' in host else host}:{server.port}/"
 
 
 def main(argv):
   del argv  # cli.run refuses arguments other than flags.
   PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Also guards every decode in this process.
   workdir = cli.absolute_path(FLAGS.workdir)
+  listener = listen(FLAGS.host, FLAGS.port)  # Before the minutes of compiling: fails at once.
   service = Service(searcher_lib.Searcher.from_workdir(workdir), topk=FLAGS.topk,
                     max_pixels=MAX_PIXELS)
   service.warm_up()
-  server, url = serve(create_app(service), FLAGS.host, FLAGS.port)
+  server, url = serve(create_app(service), listener)
   if FLAGS.host not in _LOOPBACK:
     logging.warning("--host=%s: the page and the run's images are open to the network",
                     FLAGS.host)
