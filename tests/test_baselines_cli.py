@@ -13,6 +13,7 @@ from configs import test as test_config
 import retrieval_reference as reference
 from ucsh_jax import tables
 from ucsh_jax.baselines import METHODS
+from ucsh_jax.baselines.__main__ import DEFAULT_METHODS
 from ucsh_jax.baselines.__main__ import run_baselines
 
 
@@ -48,7 +49,7 @@ def _check_outputs(workdir, results, methods, bits, margin):
       chance = reference.chance_map(codes["query_labels"], codes["database_labels"], b,
                                     results["topk"])
       assert value > chance + margin, (name, b, value, chance)
-  assert results["methods"] == list(methods) and results["bits"] == list(bits)
+  assert sorted(results["methods"]) == sorted(methods) and results["bits"] == list(bits)
   with open(os.path.join(workdir, "baselines.md")) as f:
     markdown = f.read()
   for name in methods:
@@ -69,6 +70,12 @@ def test_digits_images_match_direct_fit_encode_score(tmp_path):
   # Measured: 0.263 (LSH, 8 bits) to 0.341 (ITQ, 16 bits) on the random VGG16's fc7, against
   # 0.125 for random codes (std 0.006 over seeds) and 0.08 with the query codes negated.
   _check_outputs(workdir, results, methods, bits, margin=0.1)
+  # Asked for LSH, ITQ: run, written and printed in the paper's Table 1 order.
+  assert results["methods"] == ["itq", "lsh"]
+  with open(os.path.join(workdir, "baselines.md")) as f:
+    rows = [line.split("|")[1].strip() for line in f if line.startswith("| ")]
+  rows.remove("---")  # The header's rule.
+  assert rows == ["Method", "ITQ", "LSH"]
   assert results["topk"] is None and results["dataset"] == "digits"
 
   splits = {n: np.load(os.path.join(workdir, "splits", f"{n}.npy"))
@@ -127,6 +134,11 @@ def test_feature_file_multilabel_topk_matches_direct(tmp_path):
                           seed=config.seed, topk=25)
   for (name, b), value in expected.items():
     np.testing.assert_allclose(results["map"][name][str(b)], value, rtol=1e-6)
+
+
+def test_the_command_runs_every_method_in_the_papers_table1_order():
+  assert DEFAULT_METHODS == ("sh", "itq", "lsh", "sph")
+  assert tuple(tables.METHOD_NAMES[m] for m in DEFAULT_METHODS) == tables.TABLE1_ROWS[:-1]
 
 
 def test_unknown_method_is_refused_before_any_work(tmp_path):

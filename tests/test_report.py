@@ -15,6 +15,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import browser
 import tiny_runs
 from configs import digits as digits_config
 from ucsh_jax import errors
@@ -29,7 +30,6 @@ from ucsh_jax.report import gallery
 from ucsh_jax.report import plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHROMIUM = "/usr/bin/chromium"
 BASELINE_METHODS, BASELINE_BITS = ("lsh", "itq"), (16, 8)
 PLOTS = {f"{name}_{bits}.png" for name in ("pr", "precision_at_k", "precision_radius")
          for bits in (16, 8)} | {"losses.png", "threshold.png", "cluster_sizes.png",
@@ -199,12 +199,7 @@ def test_gallery_borders_and_distances_match_the_codes(report):
 
 
 def _chromium(*args, user_data_dir):
-  assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install -y chromium"
-  command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", f"--user-data-dir={user_data_dir}", "--hide-scrollbars",
-             "--virtual-time-budget=10000", *args]
-  return subprocess.run(command, capture_output=True, text=True, timeout=180, check=True)
+  return browser.run("--virtual-time-budget=10000", *args, user_data_dir=user_data_dir)
 
 
 _PROBE = """<script>

@@ -91,7 +91,8 @@ def test_jpeg_query_answers_with_paths_and_a_non_image_is_one_error_line(runs, t
   assert result.returncode == 2
   assert result.stdout == ""
   assert result.stderr.splitlines() == [
-      f"error: {not_image} is not an image that can be read (not a format PIL knows)"]
+      f"error: {not_image} is not a readable image: its bytes are in no image format that can "
+      "be read (JPEG, PNG, GIF, TIFF...)"]
 
 
 def test_encoding_reproduces_the_runs_codes_and_compiles_once(runs, digits_searcher):

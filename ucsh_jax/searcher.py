@@ -18,7 +18,6 @@ import os
 
 from absl import logging
 import numpy as np
-import PIL
 
 from ucsh_jax import errors
 from ucsh_jax import evaluate
@@ -83,14 +82,9 @@ def list_images(folder: str) -> List[str]:
 
 
 def read_image(path: str) -> np.ndarray:
-  """An image file -> uint8 RGB (H, W, 3); a file PIL cannot decode is a UserError naming it."""
-  try:
-    return images.decode_rgb(images.read_file(path), path)
-  except images.CorruptImageError as e:
-    cause = e.__cause__
-    detail = ("not a format PIL knows" if isinstance(cause, PIL.UnidentifiedImageError)
-              else f"{type(cause).__name__}: {cause}" if cause is not None else str(e))
-    raise errors.UserError(f"{path} is not an image that can be read ({detail})") from e
+  """A query image file -> uint8 RGB (H, W, 3); CorruptImageError (a UserError) names a file that
+  cannot be read or decoded, or that has more than images.MAX_QUERY_PIXELS pixels."""
+  return images.decode_rgb(images.read_file(path), path, images.MAX_QUERY_PIXELS)
 
 
 def read_features(path: str) -> FeatureRows:

@@ -8,12 +8,13 @@
 
 It listens on 127.0.0.1 unless `--host` says otherwise, compiles the model once at start-up and
 refuses what a public service would, with a 4xx and JSON `{"error": ...}`: an upload over
-MAX_UPLOAD_BYTES, a file that is not an image, an image of more than MAX_PIXELS pixels (checked
-from its header, before decoding). Images are looked up by id in the run's data set, never by a
-path from the request.
+MAX_UPLOAD_BYTES, a file that is not an image, an image of more than images.MAX_QUERY_PIXELS
+pixels (checked from its header, before decoding). Images are looked up by id in the run's data
+set, never by a path from the request.
 """
 
-import io
+import errno
+import socket
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -21,7 +22,6 @@ from absl import flags
 from absl import logging
 import flask
 import numpy as np
-import PIL.Image
 from werkzeug import exceptions
 from werkzeug import serving
 
@@ -29,9 +29,9 @@ from ucsh_jax import cli
 from ucsh_jax import errors
 from ucsh_jax import searcher as searcher_lib
 from ucsh_jax import thumbnails
+from ucsh_jax.data import images
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
-MAX_PIXELS = 40_000_000  # About 7,700 x 5,200: larger than any camera image, far from a bomb.
 MAX_TOPK = 1000
 _QUERY_STRIP = 12  # Queries of the run shown as thumbnails to pick from.
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -57,26 +57,17 @@ class BadRequest(Exception):
     self.status = status
 
 
-def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_upload(data: bytes, max_pixels: int = images.MAX_QUERY_PIXELS) -> np.ndarray:
   """Uploaded bytes -> uint8 RGB (H, W, 3); BadRequest 400 (not an image) or 413 (too many
   pixels, read from the header before anything is decoded)."""
   if not data:
     raise BadRequest(400, "the upload is empty: send an image file in the field 'image'")
   try:
-    image = PIL.Image.open(io.BytesIO(data))
-  except PIL.Image.DecompressionBombError as e:
-    raise BadRequest(413, f"the image has too many pixels ({e})") from e
-  except (OSError, ValueError, SyntaxError, EOFError) as e:
-    raise BadRequest(400, "the upload is not an image that can be read") from e
-  with image:
-    width, height = image.size
-    if width * height > max_pixels:
-      raise BadRequest(413, f"the image is {width} x {height} pixels, more than the "
-                            f"{max_pixels:,} accepted")
-    try:
-      return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-      raise BadRequest(400, f"the image cannot be decoded: {type(e).__name__}") from e
+    return images.decode_rgb(data, "the upload", max_pixels)
+  except images.TooManyPixelsError as e:
+    raise BadRequest(413, str(e)) from e
+  except images.CorruptImageError as e:
+    raise BadRequest(400, str(e)) from e
 
 
 def _topk(value: Optional[str], default: int) -> int:
@@ -204,20 +195,37 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
   return app
 
 
-def serve(app: flask.Flask, host: str, port: int) -> Tuple[Any, str]:
-  """A threaded WSGI server for `app` (not started) and its URL."""
-  server = serving.make_server(host, port, app, threaded=True)
-  return server, f"http://{host}:{server.port}/"
+def listen(host: str, port: int) -> socket.socket:
+  """A TCP socket listening on (host, port); UserError where that address cannot be used (a
+  port in use or out of range, a host that is not this machine's)."""
+  if not 0 <= port <= 65535:
+    raise errors.UserError(f"--port={port}: a port is a number from 0 to 65535")
+  try:
+    return socket.create_server((host, port), family=serving.select_address_family(host, port),
+                                backlog=128)
+  except OSError as e:
+    if e.errno == errno.EADDRINUSE:
+      raise errors.UserError(f"port {port} on {host} is in use by another program: stop it, or "
+                             "start with another --port (--port=0 picks a free one)") from e
+    raise errors.UserError(f"cannot listen on {host} port {port}: {e.strerror or e}") from e
+
+
+def serve(app: flask.Flask, listener: socket.socket) -> Tuple[Any, str]:
+  """A threaded WSGI server for `app` on the socket from `listen` (not started) and its URL."""
+  host, port = listener.getsockname()[:2]
+  server = serving.make_server(host, port, app, threaded=True, fd=listener.fileno())
+  listener.close()  # The server holds its own duplicate of the socket.
+  return server, f"http://{f'[{host}]' if ':' in host else host}:{server.port}/"
 
 
 def main(argv):
   del argv  # cli.run refuses arguments other than flags.
-  PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Also guards every decode in this process.
   workdir = cli.absolute_path(FLAGS.workdir)
+  listener = listen(FLAGS.host, FLAGS.port)  # Before the minutes of compiling: fails at once.
   service = Service(searcher_lib.Searcher.from_workdir(workdir), topk=FLAGS.topk,
-                    max_pixels=MAX_PIXELS)
+                    max_pixels=images.MAX_QUERY_PIXELS)
   service.warm_up()
-  server, url = serve(create_app(service), FLAGS.host, FLAGS.port)
+  server, url = serve(create_app(service), listener)
   if FLAGS.host not in _LOOPBACK:
     logging.warning("--host=%s: the page and the run's images are open to the network",
                     FLAGS.host)

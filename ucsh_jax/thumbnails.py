@@ -18,8 +18,6 @@ import PIL.ImageOps
 from ucsh_jax.data import images
 
 DEFAULT_SIZE = 96
-# What PIL raises for unreadable or truncated data (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, PIL.Image.DecompressionBombError)
 
 
 class NoPixelsError(ValueError):
@@ -64,8 +62,8 @@ def from_file(path: str, size: int = DEFAULT_SIZE) -> PIL.Image.Image:
     with PIL.Image.open(io.BytesIO(data)) as image:
       image.draft("RGB", (size, size))
       return fit(PIL.ImageOps.exif_transpose(image), size)
-  except _DECODE_ERRORS as e:
-    raise images.CorruptImageError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
+  except images.DECODE_ERRORS as e:
+    raise images.decode_error(path, data, e) from e
 
 
 def thumbnail(source, i: int, size: int = DEFAULT_SIZE) -> PIL.Image.Image:

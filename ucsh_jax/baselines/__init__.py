@@ -1,4 +1,4 @@
-"""Shallow hashing baselines on fixed features: LSH, ITQ, SH and SpH.
+"""Shallow hashing baselines on fixed features: SH, ITQ, LSH and SpH (Table 1 of the paper).
 
 Each method is a module with
 
@@ -23,8 +23,8 @@ class Method(NamedTuple):
 
 
 METHODS = {
-    "lsh": Method(lsh.fit, lsh.encode),
-    "itq": Method(itq.fit, itq.encode),
     "sh": Method(sh.fit, sh.encode),
+    "itq": Method(itq.fit, itq.encode),
+    "lsh": Method(lsh.fit, lsh.encode),
     "sph": Method(sph.fit, sph.encode),
 }

@@ -1,7 +1,7 @@
 """Shallow baselines on UCSH's features, under UCSH's protocol (the paper's Table 1 rows).
 
   python -m ucsh_jax.baselines --config=configs/cifar.py --workdir=runs/cifar_baselines \
-      --config.model.pretrained=/path/to/vgg16-397923af.pth [--methods=lsh,itq,sh,sph] \
+      --config.model.pretrained=/path/to/vgg16-397923af.pth [--methods=sh,itq,lsh,sph] \
       [--bits=16,32,64] [--save_features]
 
 The features are those UCSH starts from: fc7 of the config's VGG16 (pretrained when
@@ -40,7 +40,7 @@ from ucsh_jax import train
 from ucsh_jax import workdir_lock
 from ucsh_jax.baselines import METHODS
 
-DEFAULT_METHODS = ("lsh", "itq", "sh", "sph")
+DEFAULT_METHODS = tuple(tables.METHOD_NAMES)  # The paper's Table 1 order: SH, ITQ, LSH, SpH.
 DEFAULT_BITS = (16, 32, 64)
 CODES_FILE = "baselines_codes.npz"
 
@@ -147,6 +147,8 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str,
                   save_features: bool = False) -> Dict[str, Any]:
   """Fits, encodes and scores `methods` at code lengths `bits` on the config's features.
 
+  Methods are run, written and printed in the paper's Table 1 order (tables.METHOD_NAMES).
+
   Process 0 writes the codes to WORKDIR/baselines_codes.npz (`encode_methods`' arrays with
   `query_ids`, `database_ids` (positions in the data set) and `query_labels`,
   `database_labels`), for the report's curves. Returns (and process 0 writes as
@@ -158,8 +160,9 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str,
   Each method is fit with `fit_key(config.seed, bits)`.
   """
   start_time = time.time()
-  methods, bits = list(methods), [int(b) for b in bits]
+  bits = [int(b) for b in bits]
   _check_choice(methods, bits)
+  methods = [m for m in tables.METHOD_NAMES if m in methods]  # Table 1's order, whatever asked.
   # A feature file needs no network: its model is only described (not initialised).
   run = train.setup(config, workdir, restoring=config.data.name == "features")
   features = extract_features(run)

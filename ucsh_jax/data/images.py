@@ -1,35 +1,78 @@
 """Image files and bytes to uint8 RGB arrays, with errors that name the file."""
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Tuple
 
 import concurrent.futures
 import io
 import itertools
+import warnings
 
 import numpy as np
 import PIL.Image
 
 from ucsh_jax import errors
 
-# What PIL raises for unreadable or truncated data (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, PIL.Image.DecompressionBombError)
+# The most pixels a query image (a file given to `search`, an upload to `serve`) may have, read
+# from its header before it is decoded: about 7,700 x 5,200, more than a camera's image and far
+# from a decompression bomb. Larger ones are refused with TooManyPixelsError.
+MAX_QUERY_PIXELS = 40_000_000
+# What PIL raises for unreadable, truncated or oversized data (UnidentifiedImageError is an
+# OSError).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, PIL.Image.DecompressionBombError)
 
 
 class CorruptImageError(errors.UserError):
   """An image file or record that cannot be read or decoded; the message names it."""
 
 
-def decode_rgb(data: bytes, name: str) -> np.ndarray:
+class TooManyPixelsError(CorruptImageError):
+  """An image with more pixels than accepted, refused from its header before decoding."""
+
+
+def too_many_pixels(name: str, max_pixels: int, size: Optional[Tuple[int, int]] = None) -> str:
+  """The one message for an image over the pixel limit (`size`: (width, height) when known)."""
+  shape = f" ({size[0]} x {size[1]})" if size else ""
+  return f"{name} is too large: more than the {max_pixels:,} pixels accepted{shape}"
+
+
+def decode_error(name: str, data: bytes, error: Exception,
+                 max_pixels: Optional[int] = None) -> CorruptImageError:
+  """The error to raise for `error`, what PIL raised decoding `data` (the bytes of `name`), in
+  words: PIL's own text names an anonymous buffer. `max_pixels` as in `decode_rgb`."""
+  if isinstance(error, PIL.Image.DecompressionBombError):  # Refused by PIL.Image.open.
+    pil_limit = 2 * PIL.Image.MAX_IMAGE_PIXELS
+    return TooManyPixelsError(too_many_pixels(name, min(pil_limit, max_pixels or pil_limit)))
+  if not data:
+    reason = "the file is empty"
+  elif isinstance(error, PIL.UnidentifiedImageError):
+    reason = "its bytes are in no image format that can be read (JPEG, PNG, GIF, TIFF...)"
+  else:
+    reason = f"the image data is cut short or damaged ({error})"
+  return CorruptImageError(f"{name} is not a readable image: {reason}")
+
+
+def decode_rgb(data: bytes, name: str, max_pixels: Optional[int] = None) -> np.ndarray:
   """Encoded image bytes (any format PIL reads) -> uint8 RGB (H, W, 3).
 
   Gray, palette, CMYK and alpha images are converted to RGB. `name` (a file or record) is named
-  in the CorruptImageError raised for bytes that do not decode.
+  in the CorruptImageError raised for bytes that do not decode, and in the TooManyPixelsError
+  for an image of more than `max_pixels` pixels (None: PIL's own limit, twice
+  PIL.Image.MAX_IMAGE_PIXELS).
   """
   try:
-    with PIL.Image.open(io.BytesIO(data)) as image:
+    with warnings.catch_warnings():
+      if max_pixels is not None:  # PIL's warning above its own limit would be a second message.
+        warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+      image = PIL.Image.open(io.BytesIO(data))
+    with image:
+      width, height = image.size
+      if max_pixels is not None and width * height > max_pixels:
+        raise TooManyPixelsError(too_many_pixels(name, max_pixels, (width, height)))
       return np.asarray(image.convert("RGB"))
-  except _DECODE_ERRORS as e:
-    raise CorruptImageError(f"cannot decode image {name}: {type(e).__name__}: {e}") from e
+  except TooManyPixelsError:  # A ValueError, like some of PIL's decode errors.
+    raise
+  except DECODE_ERRORS as e:
+    raise decode_error(name, data, e, max_pixels) from e
 
 
 def encode_png(image_HxWx3: np.ndarray) -> bytes:
