@@ -168,8 +168,8 @@ class VGG16(nn.Module):
         raise ValueError(f"VGG16 expects images of shape (n, H, W, 3), got {inputs.shape}")
       if min(inputs.shape[1:3]) < min_image_size(self.pooling):
         size = min_image_size(self.pooling)
-        raise ValueError(f"VGG16 with pooling {self.pooling!r} needs images of at least "
-                         f"{size}x{size} pixels, got {inputs.shape}")
+        raise ValueError(f"VGG16 needs images of at least "
+                         f"{size}x{size} pixels (pooling {self.pooling!r}), got {inputs.shape}")
     x = inputs.astype(self.dtype)
     running = False
     for name, channels in conv_stages(self.width):
