@@ -29,6 +29,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import notop_weights
 import retrieval_reference as reference
 from ucsh_jax.data import cifar10
 
@@ -114,6 +115,10 @@ def make_inputs(command, root):
       _make_cifar_archive(os.path.join(root, "downloads", "cifar-10-python.tar.gz"))
     if first == "photos" and not os.path.exists(os.path.join(root, "photos")):
       _make_photos(os.path.join(root, "photos"))
+    if value.endswith("_notop.h5") and not os.path.exists(os.path.join(root, value)):
+      # A full-width VGG16 conv base (random weights) in the Keras notop layout.
+      os.makedirs(os.path.dirname(os.path.join(root, value)), exist_ok=True)
+      notop_weights.write_notop_h5(os.path.join(root, value), notop_weights.notop_layers(width=1))
 
 
 # ---- What each command promises. ----
