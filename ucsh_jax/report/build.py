@@ -88,6 +88,9 @@ def _training_section(workdir: str, out_dir: str, steps_per_epoch: int) -> str:
   if "threshold" in scalars:
     images.append(_img(_save(plots.threshold(*scalars["threshold"], steps_per_epoch), out_dir,
                              "threshold.png"), "threshold s_t"))
+  if any(t in scalars for t in plots.CHANGE_TERMS):
+    images.append(_img(_save(plots.epoch_changes(scalars, steps_per_epoch), out_dir,
+                             "epoch_changes.png"), "what changed per epoch"))
   clusters, note = _cluster_matrix(scalars), ""
   if clusters is not None:
     fig = plots.cluster_sizes(clusters[0] // max(steps_per_epoch, 1), clusters[1])

@@ -97,6 +97,23 @@ def threshold(steps: np.ndarray, values: np.ndarray, steps_per_epoch: int) -> fi
   return fig
 
 
+# Scalars of `epoch_state.changes`, logged from the second epoch on, with their legends.
+CHANGE_TERMS = {"assignments_changed": "images in another cluster",
+                "neighbours_replaced": "neighbours replaced (mean per image)",
+                "neighbour_sets_changed": "images whose neighbour set changed"}
+
+
+def epoch_changes(scalars, steps_per_epoch: int) -> figure_lib.Figure:
+  """How far the clusters and the neighbour targets moved at each epoch, as fractions."""
+  fig, ax = _axes("Adaptive state: what changed since the last epoch", "epoch", "fraction")
+  for tag, label in CHANGE_TERMS.items():
+    if tag in scalars:
+      steps, values = scalars[tag]
+      ax.plot(steps // max(steps_per_epoch, 1), values, marker="o", label=label)
+  ax.legend()
+  return fig
+
+
 def cluster_sizes(epochs: np.ndarray, sizes_ExN: np.ndarray) -> figure_lib.Figure:
   """Images per k-means cluster (rows) at the start of each epoch (columns), as a heat map."""
   fig, ax = _axes("Cluster sizes per epoch", "epoch", "cluster j")
