@@ -30,10 +30,10 @@ from ucsh_jax.report import gallery
 from ucsh_jax.report import plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASELINE_METHODS, BASELINE_BITS = ("lsh", "itq"), (16, 8)
+BASELINE_METHODS, BASELINE_BITS = ("itq", "lsh"), (16, 8)  # Table 1 order
 PLOTS = {f"{name}_{bits}.png" for name in ("pr", "precision_at_k", "precision_radius")
          for bits in (16, 8)} | {"losses.png", "threshold.png", "cluster_sizes.png",
-                                 "bit_balance.png"}
+                                 "bit_balance.png", "epoch_changes.png"}
 
 
 def _config():
@@ -121,8 +121,8 @@ def test_plotted_values_are_the_metrics_numbers(report):
   workdir, _, page_path = report
   with open(os.path.join(os.path.dirname(page_path), "data.json")) as f:
     plotted = json.load(f)["curves"]
-  assert [c["label"] for c in plotted["16"]] == ["UCSH", "LSH", "ITQ"]
-  assert [c["label"] for c in plotted["8"]] == ["LSH", "ITQ"]
+  assert [c["label"] for c in plotted["16"]] == ["UCSH", "ITQ", "LSH"]
+  assert [c["label"] for c in plotted["8"]] == ["ITQ", "LSH"]
   with open(os.path.join(workdir, "results.json")) as f:
     assert plotted["16"][0]["map"] == pytest.approx(json.load(f)["map"], abs=1e-12)
   expected = [("16", 0, _codes(workdir))] + [
@@ -272,10 +272,10 @@ def test_compared_runs_are_named_by_folder_and_grouped_by_code_length(report, tm
   page = build.write_report(workdir, compare=[str(other), str(again)])
   with open(os.path.join(os.path.dirname(page), "data.json")) as f:
     plotted = json.load(f)["curves"]
-  assert [c["label"] for c in plotted["16"]] == ["UCSH", "LSH", "ITQ", "LSH (again)",
-                                                 "ITQ (again)"]
-  assert [c["label"] for c in plotted["8"]] == ["LSH", "ITQ", "UCSH (ucsh8)", "LSH (again)",
-                                                "ITQ (again)"]
+  assert [c["label"] for c in plotted["16"]] == ["UCSH", "ITQ", "LSH", "ITQ (again)",
+                                                 "LSH (again)"]
+  assert [c["label"] for c in plotted["8"]] == ["ITQ", "LSH", "UCSH (ucsh8)", "ITQ (again)",
+                                                "LSH (again)"]
   assert plotted["8"][2]["map"] == pytest.approx(metrics.mean_average_precision(
       codes["query_codes"], codes["database_codes"], codes["query_labels"],
       codes["database_labels"]), abs=1e-12)
