@@ -15,25 +15,13 @@ clustering term is off (`loss.beta = 0`). `--config.similarity.target=cosine
 --config.loss.beta=10` gives the paper's objective on the same network.
 """
 
+from configs import base
 from configs import cifar
 
 
 def get_config():
   config = cifar.get_config()
-  config.num_epochs = 60
-  config.batch_size = 256
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.decay_every_epochs = 1000  # Constant learning rate.
-  config.optimizer.feature_lr_scale = 0.1
+  base.use_features(config)
   config.loss.beta = 0.0
   config.similarity.target = "neighbours"
-  config.model.top = "fc"
-  config.model.hash_init = "itq"
-  config.model.dropout_rate = 0.0
-  config.data.name = "features"
-  config.data.num_workers = 0
-  config.eval.batch_size = 1024
-  config.eval.every_epochs = 0
-  config.checkpoint_every_steps = 100000
-  config.checkpoint_every_epochs = 1000  # Only at the end (and every checkpoint_every_steps).
   return config

@@ -20,22 +20,11 @@ The splits default to 500 queries and 1,000 training images, drawn per class fro
 ones. MAP@1000 (`eval.topk`).
 """
 
+from configs import base
 from configs import features
 
 
 def get_config():
   config = features.get_config()
-  config.num_epochs = 20
-  config.data.name = "cifar10"
-  config.data.image_size = 64
-  config.data.num_query = 500
-  config.data.num_train = 1000
-  config.model.backbone = "vgg16"
-  config.model.pretrained = "keras_notop"
-  config.model.pooling = "avg_conv5_3"
-  config.model.trainable_from = "conv5_1"
-  config.optimizer.backbone_lr_scale = 0.1  # conv5 at 0.1 x 0.1 x 1e-3 = 1e-5.
-  config.eval.topk = 1000
-  config.eval.batch_size = 256
-  config.checkpoint_every_epochs = 5
+  base.use_finetune(config)
   return config

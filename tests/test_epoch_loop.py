@@ -16,6 +16,7 @@ from configs import features as features_config
 import kmeans_reference
 from ucsh_jax import ops
 from ucsh_jax import train
+from ucsh_jax.methods import ucsh as ucsh_method
 
 NUM_ROWS, DIM, NUM_TRAIN = 120, 16, 64
 EPOCHS, BATCH, CLUSTERS, KMEANS_ITERS = 3, 16, 4, 3
@@ -61,8 +62,8 @@ def _run_with_spies(root, config, features, train_idx):
   """Runs the job and returns what the spies saw."""
   seen = {"steps": [], "refreshes": [], "centers": [], "model": []}
   real_make_train_step = train.train_step_lib.make_train_step
-  real_refresh = train.epoch_state_lib.refresh_epoch_state
-  real_hash_centers = train.ops.hash_centers
+  real_refresh = ucsh_method.epoch_state_lib.refresh_epoch_state
+  real_hash_centers = ucsh_method.ops.hash_centers
 
   def make_train_step(mesh, **kwargs):
     seen["model"].append(kwargs["model"])
@@ -90,8 +91,8 @@ def _run_with_spies(root, config, features, train_idx):
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(train.train_step_lib, "make_train_step", make_train_step)
-    patch.setattr(train.epoch_state_lib, "refresh_epoch_state", refresh)
-    patch.setattr(train.ops, "hash_centers", hash_centers)
+    patch.setattr(ucsh_method.epoch_state_lib, "refresh_epoch_state", refresh)
+    patch.setattr(ucsh_method.ops, "hash_centers", hash_centers)
     results = train.train_and_evaluate(config, str(root / "run"))
   epochs = config.num_epochs
   assert results["steps"] == epochs * STEPS_PER_EPOCH

@@ -5,7 +5,6 @@ import numpy as np
 
 from ucsh_jax import epoch_state as epoch_state_lib
 from ucsh_jax import ops
-from ucsh_jax import train
 
 
 def _features(seed=0):
@@ -46,9 +45,6 @@ def test_refresh_finds_clusters_thresholds_and_neighbours():
 def test_epoch_scalars_name_every_cluster_size():
   state = epoch_state_lib.empty_epoch_state(3, 2, 6)._replace(
       assignments=np.array([0, 2, 2, 0, 2, 2], np.int32), threshold=np.float32(0.25))
-  assert train.epoch_scalars(state, 3) == {
+  assert epoch_state_lib.cluster_scalars(state, 3) == {
       "threshold": 0.25, "cluster_sizes_min": 0.0, "cluster_size/0": 2.0,
       "cluster_size/1": 0.0, "cluster_size/2": 4.0}
-  np.testing.assert_array_equal(train.step_threshold(state, "cosine"), np.float32(0.25))
-  pair = train.step_threshold(state._replace(threshold_right=np.float32(-0.5)), "ssdh")
-  np.testing.assert_array_equal(pair, np.float32([0.25, -0.5]))

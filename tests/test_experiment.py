@@ -10,6 +10,7 @@ from configs import features
 from ucsh_jax import baselines
 from ucsh_jax import errors
 from ucsh_jax import experiment
+from ucsh_jax.methods import ucsh as ucsh_method
 from ucsh_jax import models
 
 
@@ -51,9 +52,9 @@ def test_pretrained_weights_need_a_backbone():
 def test_ablations_zero_one_weight(ablation, expected):
   config = cifar.get_config()
   config.ablation = ablation
-  assert experiment.ablated_weights(config) == expected
+  assert ucsh_method.ablated_weights(config) == expected
   config.loss.balance = "mean"
-  assert tuple(experiment.loss_weights(config, 64)) == (
+  assert tuple(ucsh_method.loss_weights(config, 64)) == (
       expected[0], expected[0], expected[1], expected[2])
 
 
@@ -62,23 +63,22 @@ def test_paper_balance_weights(bits):
   """w_rec = alpha d / (24 k^2), w_kl = alpha / (24 k), w_C = beta / (24 k), w_S = gamma / k^2."""
   config = cifar.get_config()
   config.bits = bits
-  weights = experiment.loss_weights(config)  # fc7: d = 4096.
+  weights = ucsh_method.loss_weights(config, experiment.backbone_feature_dim(config))
+  assert experiment.backbone_feature_dim(config) == 4096  # fc7.
   np.testing.assert_allclose(
       tuple(weights), (1e-3 * 4096 / (24 * bits**2), 1e-3 / (24 * bits), 10.0 / (24 * bits),
                        1e-2 / bits**2), rtol=1e-12)
-  with pytest.raises(ValueError, match="feature_dim"):
-    experiment.loss_weights(digits.get_config())
 
 
 def test_neighbour_count_by_default_a_tenth_of_the_training_set_at_16_bits():
   config = cifar.get_config()
-  assert experiment.num_neighbours(config, 1000) == 0  # Cosine targets need none.
+  assert ucsh_method.num_neighbours(config, 1000) == 0  # Cosine targets need none.
   config.similarity.target = "neighbours"
-  assert experiment.num_neighbours(config, 1000) == 100
+  assert ucsh_method.num_neighbours(config, 1000) == 100
   config.bits = 32
-  assert experiment.num_neighbours(config, 1000) == 50
+  assert ucsh_method.num_neighbours(config, 1000) == 50
   config.similarity.num_neighbours = 250
-  assert experiment.num_neighbours(config, 1000) == 250
+  assert ucsh_method.num_neighbours(config, 1000) == 250
 
 
 def test_feature_learning_rate_scale_applies_to_the_top_only():
@@ -123,7 +123,7 @@ def test_model_choice():
   config = cifar.get_config()
   config.ablation = "R"
   model = experiment.build_model(config)
-  assert isinstance(model, models.UCSH) and model.code_activation == "tanh"
+  assert isinstance(model, models.UCSH) and model.head.code_activation == "tanh"
   config = digits.get_config()
   model = experiment.build_model(config, feature_dim=192)
   assert isinstance(model, experiment.FlatInputHashNet)

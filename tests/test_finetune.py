@@ -1,6 +1,8 @@
 """Fine-tuning a notop VGG16: the conv-base weights file, the average poolings, the frozen prefix
 computed once (cache = no cache, frozen layers unchanged, keyed by content), the given splits."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ from configs import finetune as finetune_config
 from ucsh_jax import epoch_state as epoch_state_lib
 from ucsh_jax import errors
 from ucsh_jax import experiment
+from ucsh_jax import methods
 from ucsh_jax import models
 from ucsh_jax import prefix_cache
 from ucsh_jax import train
@@ -124,9 +127,10 @@ def tiny_finetune_config(cache_dir):
 def _train(run, steps):
   """`steps` steps of the real compiled step from the run's own initial state and source."""
   config = run.config
-  step_fn = train_step_lib.make_train_step(
-      run.mesh, model=run.model, weights=experiment.loss_weights(config, run.feature_dim),
-      target="cosine")
+  cosine = copy.deepcopy(config)
+  cosine.similarity.target = "cosine"  # The batches below carry centers, not neighbours.
+  method = methods.build(cosine, run.method.feature_dim, jax.random.key(0))
+  step_fn = train_step_lib.make_train_step(run.mesh, model=run.model, method=method)
   batches = data.train_iterator(run.source, run.splits.train, global_batch_size=config.batch_size,
                                 image_size=config.data.image_size,
                                 preprocessing=run.preprocessing, seed=config.seed)

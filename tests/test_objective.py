@@ -15,8 +15,9 @@ import pytest
 
 from configs import cifar
 from ucsh_jax import experiment
+from ucsh_jax import methods
 from ucsh_jax import parallel
-from ucsh_jax import train_step as train_step_lib
+from ucsh_jax.methods import ucsh as ucsh_method
 
 P = jax.sharding.PartitionSpec
 FEATURE_DIM, HIDDEN, BITS, CLUSTERS = 12, 20, 16, 6
@@ -157,7 +158,7 @@ def _step_loss(relaxed):
                                  feature_dim=FEATURE_DIM)
   mesh = parallel.make_mesh(jax.devices()[:1])
   fn = jax.shard_map(
-      lambda p, b, t, k, w: train_step_lib.ucsh_losses(p, b, t, k, 0, model=model, weights=w),
+      lambda p, b, t, k, w: ucsh_method.ucsh_losses(p, b, t, k, 0, model=model, weights=w),
       mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P(), P(), P()), out_specs=(P(), P()))
   fn = jax.jit(jax.value_and_grad(fn, has_aux=True))
 
@@ -189,7 +190,7 @@ def test_step_objective_and_gradient_equal_the_paper_written_in_numpy(ablation, 
   key = jax.random.key(3)
   relaxed = ablation == "R"
   # The step's per-example noise of the decoder's Bernoulli sample, at step 0.
-  noise = np.asarray(train_step_lib.code_noise(key, 0, batch["index"], BITS), np.float64)
+  noise = np.asarray(methods.base.code_noise(key, 0, batch["index"], BITS), np.float64)
   fw = _numpy_forward(params, batch, noise, relaxed)
   _check_margins(fw, relaxed)
   centers = np.asarray(batch["center"], np.float64)
@@ -197,7 +198,7 @@ def test_step_objective_and_gradient_equal_the_paper_written_in_numpy(ablation, 
   coef = _coefficients(ablation, balance, batch_size)
 
   (total, terms), grads = _step_loss(relaxed)(params, batch, np.float32(THRESHOLD), key,
-                                              experiment.loss_weights(config, FEATURE_DIM))
+                                              ucsh_method.loss_weights(config, FEATURE_DIM))
 
   n, k, d = batch_size, BITS, FEATURE_DIM
   means = {"loss_l2": sums["l2"] / (n * n * k * k),

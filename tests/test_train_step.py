@@ -8,10 +8,15 @@ import pytest
 
 from configs import cifar
 from configs import test as test_config
+from configs import ssdh as ssdh_config
 from ucsh_jax import experiment
+from ucsh_jax import methods
 from ucsh_jax import ops
 from ucsh_jax import parallel
 from ucsh_jax import train_step as train_step_lib
+from ucsh_jax.methods import ucsh as ucsh_method
+
+import method_harness
 
 P = jax.sharding.PartitionSpec
 
@@ -40,8 +45,8 @@ def _setup(ablation=""):
 
 def _run(devices, config, model, batch, state, steps=2):
   mesh = parallel.make_mesh(devices)
-  step_fn = train_step_lib.make_train_step(mesh, model=model,
-                                           weights=experiment.loss_weights(config))
+  method = methods.build(config, experiment.backbone_feature_dim(config), jax.random.key(0))
+  step_fn = train_step_lib.make_train_step(mesh, model=model, method=method)
   state = parallel.replicate(mesh, state)
   threshold = parallel.replicate(mesh, np.float32(0.3))
   key = parallel.replicate(mesh, jax.random.key(2))
@@ -70,12 +75,12 @@ def test_gradient_is_that_of_the_global_objective():
   """One SGD step on 8 devices moves the parameters by -lr * grad of the one-device loss."""
   config, model, batch, state = _setup()
   lr = config.optimizer.learning_rate  # The first momentum-SGD step is -lr * grad.
-  weights = experiment.loss_weights(config)
+  weights = ucsh_method.loss_weights(config, experiment.backbone_feature_dim(config))
 
   mesh_1 = parallel.make_mesh(jax.devices()[:1])
   loss_fn = jax.shard_map(
-      lambda p, b, t, k: train_step_lib.ucsh_losses(p, b, t, k, 0, model=model,
-                                                    weights=weights)[0],
+      lambda p, b, t, k: ucsh_method.ucsh_losses(p, b, t, k, 0, model=model,
+                                                 weights=weights)[0],
       mesh=mesh_1, in_specs=(jax.sharding.PartitionSpec(),
                              jax.sharding.PartitionSpec(parallel.DATA_AXIS),
                              jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec()),
@@ -116,7 +121,7 @@ def test_bfloat16_step_matches_the_float32_step():
   params = jax.tree.map(np.array, state.params)
   params["head"]["hash"]["bias"] = (BF16_BIAS * signs).astype(np.float32)
   key = jax.random.key(2)  # The key `_run` steps with, at step 0.
-  noise = np.asarray(train_step_lib.code_noise(key, 0, batch["index"], config.bits))
+  noise = np.asarray(methods.base.code_noise(key, 0, batch["index"], config.bits))
   assert np.abs(noise - 1 / (1 + np.exp(-BF16_BIAS * signs))).min() > 0.01
   config.model.dtype = "bfloat16"
   model_bf16 = experiment.build_model(config)
@@ -174,8 +179,8 @@ def _features_setup(bits=16, target="cosine", seed=0):
 def _loss_on_one_device(model, weights, target="cosine"):
   mesh = parallel.make_mesh(jax.devices()[:1])
   fn = jax.shard_map(
-      lambda p, b, t, k: train_step_lib.ucsh_losses(p, b, t, k, 0, model=model, weights=weights,
-                                                    target=target),
+      lambda p, b, t, k: ucsh_method.ucsh_losses(p, b, t, k, 0, model=model, weights=weights,
+                                                 target=target),
       mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P(), P()), out_specs=(P(), P()))
   fn = jax.jit(fn)
   return lambda p, b, t, k: fn(parallel.replicate(mesh, p), parallel.global_batch(mesh, b),
@@ -187,48 +192,55 @@ def _numpy_cos(x):
   return unit @ unit.T
 
 
-@pytest.mark.parametrize("target", ["neighbours", "ssdh"])
-def test_similarity_targets_of_the_step(target):
-  config, model, batch, params = _features_setup(target=target, seed=1)
+def test_neighbour_targets_of_the_step():
+  config, model, batch, params = _features_setup(target="neighbours", seed=1)
   rng = np.random.default_rng(2)
   batch["neighbours"] = rng.integers(0, 100, size=(BATCH, 10)).astype(np.int32)
   batch["neighbours"][:, 0] = batch["index"]
-  threshold = np.float32([0.6, 0.2]) if target == "ssdh" else np.float32(0.3)
-  weights = experiment.loss_weights(config, FEATURE_DIM)
-  _, terms = _loss_on_one_device(model, weights, target)(params, batch, threshold,
-                                                         jax.random.key(0))
-  out = model.apply({"params": params}, batch["features"], train=False)
-  codes, x = np.asarray(out["codes"], np.float64), np.asarray(out["features"], np.float64)
-  if target == "neighbours":
-    member = np.array([[batch["index"][j] in batch["neighbours"][i] for j in range(BATCH)]
-                       for i in range(BATCH)])
-    s, w = np.where(member | member.T, 1.0, -1.0), np.ones((BATCH, BATCH))
-  else:
-    sim = 2 * _numpy_cos(x) - 1
-    s = np.where(sim > 0.6, 1.0, np.where(sim < 0.2, -1.0, 0.0))
-    w = np.abs(s)
-    assert 0 < w.sum() < BATCH**2
-    # L_S separates around s_t, the first of the two thresholds.
-    np.testing.assert_allclose(float(terms["loss_separating"]), -np.mean((sim - 0.6)**2),
-                               rtol=1e-4)
+  weights = ucsh_method.loss_weights(config, FEATURE_DIM)
+  _, terms = _loss_on_one_device(model, weights, "neighbours")(params, batch, np.float32(0.3),
+                                                               jax.random.key(0))
+  codes = np.asarray(model.apply({"params": params}, batch["features"], train=False)["codes"],
+                     np.float64)
+  member = np.array([[batch["index"][j] in batch["neighbours"][i] for j in range(BATCH)]
+                     for i in range(BATCH)])
+  s = np.where(member | member.T, 1.0, -1.0)
   k = config.bits
-  want = np.sum(w * (k * s - codes @ codes.T)**2) / (BATCH**2 * k**2)
+  want = np.sum((k * s - codes @ codes.T)**2) / (BATCH**2 * k**2)
   np.testing.assert_allclose(float(terms["loss_l2"]), want, rtol=1e-4)
 
 
-def test_unknown_target_is_refused():
-  config, model, _, _ = _features_setup()
-  with pytest.raises(ValueError, match="target must be one of"):
-    train_step_lib.make_train_step(parallel.make_mesh(jax.devices()[:1]), model=model,
-                                   weights=experiment.loss_weights(config, FEATURE_DIM),
-                                   target="labels")
+def test_ssdh_loss_of_the_step():
+  """SSDH's method: L_2 on the pairs outside its two thresholds, with tanh codes."""
+  config = ssdh_config.get_config("features")
+  config.bits, config.batch_size, config.model.dropout_rate = 16, BATCH, 0.0
+  model = experiment.build_model(config, feature_dim=FEATURE_DIM)
+  rng = np.random.default_rng(1)
+  batch = {"features": np.abs(rng.normal(size=(BATCH, FEATURE_DIM))).astype(np.float32),
+           "index": rng.permutation(100)[:BATCH].astype(np.int32)}
+  params = experiment.init_params(model, config, batch["features"][:1], jax.random.key(1), None)
+  params["top"]["fc"]["kernel"] = (params["top"]["fc"]["kernel"] + 0.1 * rng.normal(
+      size=(FEATURE_DIM, FEATURE_DIM))).astype(np.float32)
+  method = methods.build(config, FEATURE_DIM, jax.random.key(0))
+  losses, _ = method_harness.losses_on(jax.devices()[:1], method, model)(
+      params, batch, np.float32([0.6, 0.2]), jax.random.key(0))
+  got = losses[methods.MAIN_GROUP]
+  out = model.apply({"params": params}, batch["features"], train=False)
+  x = np.asarray(out["features"], np.float64)
+  codes = np.tanh(np.asarray(out["logits"], np.float64))
+  sim = 2 * _numpy_cos(x) - 1
+  s = np.where(sim > 0.6, 1.0, np.where(sim < 0.2, -1.0, 0.0))
+  assert 0 < np.abs(s).sum() < BATCH**2
+  k = config.bits
+  want = np.sum(np.abs(s) * (k * s - codes @ codes.T)**2) / (BATCH**2 * k**2)
+  np.testing.assert_allclose(float(got), want, rtol=1e-4)
 
 
 def test_step_similarities_come_from_dropout_free_features():
   config, _, batch, params = _features_setup(seed=3)
   config.model.dropout_rate = 0.5
   model = experiment.build_model(config, feature_dim=FEATURE_DIM)
-  weights = experiment.loss_weights(config, FEATURE_DIM)
+  weights = ucsh_method.loss_weights(config, FEATURE_DIM)
   _, terms = _loss_on_one_device(model, weights)(params, batch, np.float32(0.3),
                                                  jax.random.key(0))
   x = np.asarray(model.apply({"params": params}, batch["features"], train=False)["features"],

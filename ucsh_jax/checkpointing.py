@@ -41,10 +41,12 @@ class Checkpointer:
   def restore(self, step: int, state_target: Any, data_iterator: Any,
               epoch_target: Any) -> Tuple[Any, Any]:
     """Restores in place into `data_iterator`; returns (state, epoch_state) shaped like targets."""
+    # The epoch item is read whole: a checkpoint may hold fields the method's state no longer
+    # has (SSDH's from before it kept its own state); the target's fields are picked from it.
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state_target),
         data=grain.checkpoint.CheckpointRestore(data_iterator),
-        epoch=ocp.args.StandardRestore(_as_numpy(epoch_target))))
+        epoch=ocp.args.StandardRestore()))
     saved = {k: np.asarray(v) for k, v in restored["epoch"].items()}
     epoch_state = type(epoch_target)(**{k: saved.get(k, np.asarray(v)) for k, v in
                                         epoch_target._asdict().items()})

@@ -74,6 +74,14 @@ def refresh_epoch_state(features_NxD: np.ndarray, previous: Optional[EpochState]
                     neighbours=np.asarray(neighbours, np.int32))
 
 
+def cluster_scalars(state: EpochState, num_clusters: int) -> Dict[str, float]:
+  """TensorBoard scalars of an epoch: "threshold", "cluster_size/{j}", "cluster_sizes_min"."""
+  sizes = np.bincount(state.assignments, minlength=num_clusters)
+  scalars = {"threshold": float(state.threshold), "cluster_sizes_min": float(sizes.min())}
+  scalars.update({f"cluster_size/{j}": float(n) for j, n in enumerate(sizes)})
+  return scalars
+
+
 def changes(previous: EpochState, current: EpochState) -> Dict[str, float]:
   """How far the adaptive state moved from one epoch to the next, as the features moved.
 

@@ -15,23 +15,19 @@ import numpy as np
 import optax
 
 from ucsh_jax import errors
+from ucsh_jax import methods
 from ucsh_jax import models
-from ucsh_jax import ops
 from ucsh_jax import preprocessing as preprocessing_lib
 from ucsh_jax.baselines import itq
 from ucsh_jax.models import download
 from ucsh_jax.models import ucsh as ucsh_model
 from ucsh_jax.models import vgg
-from ucsh_jax.train_step import LossWeights
-from ucsh_jax.train_step import TARGETS
 
-ABLATIONS = ("", "V", "C", "S", "R")
 # config.model.pretrained may name a standard file (`download.NAMES`) instead of giving its path;
 # it is then looked up in (or downloaded to) WEIGHTS_CACHE.
 WEIGHTS_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ucsh_jax")
 BACKBONES = ("vgg16", "none")
 OPTIMIZERS = ("adam", "sgd")
-BALANCES = ("paper", "mean")
 TOPS = ("none", "fc")
 HASH_INITS = ("random", "itq")
 CODE_ACTIVATIONS = ("sign", "tanh")
@@ -43,8 +39,11 @@ FEATURE_PARAMS = ("backbone", "top")
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises UserError naming the config field that makes the run impossible."""
-  if config.ablation not in ABLATIONS:
-    raise errors.UserError(f"config.ablation={config.ablation!r}; expected one of {ABLATIONS}")
+  method = methods.method_class(config)
+  if method.needs_images and not uses_images(config):
+    raise errors.UserError(
+        f"config.method={config.method!r} needs the images themselves (it transforms them) and "
+        f"config.data.name={config.data.name!r} gives feature vectors: use an image data set")
   if config.optimizer.name not in OPTIMIZERS:
     raise errors.UserError(f"config.optimizer.name={config.optimizer.name!r}; expected one of "
                            f"{OPTIMIZERS}")
@@ -57,12 +56,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.model.dtype not in ("float32", "bfloat16"):
     raise errors.UserError(
         f"config.model.dtype={config.model.dtype!r}; expected float32 or bfloat16")
-  choices = [("loss.balance", config.loss.balance, BALANCES),
-             ("similarity.target", config.similarity.target, TARGETS),
-             ("model.top", config.model.top, TOPS),
+  choices = [("model.top", config.model.top, TOPS),
              ("model.hash_init", config.model.hash_init, HASH_INITS),
-             ("model.code_activation", config.model.code_activation, CODE_ACTIVATIONS),
-             ("kmeans_metric", config.kmeans_metric, ops.KMEANS_METRICS)]
+             ("model.code_activation", config.model.code_activation, CODE_ACTIVATIONS)]
   for name, value, allowed in choices:
     if value not in allowed:
       raise errors.UserError(f"config.{name}={value!r}; expected one of {allowed}")
@@ -92,75 +88,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"pooling {config.model.pooling!r}: the minimum is {size}")
   if config.optimizer.backbone_lr_scale < 0 or config.optimizer.feature_lr_scale < 0:
     raise errors.UserError("config.optimizer.feature_lr_scale and backbone_lr_scale must be >= 0")
-  for name in ("bits", "batch_size", "num_epochs", "num_clusters", "kmeans_iters",
-               "kmeans_inits", "threshold_samples", "checkpoint_every_epochs"):
+  for name in ("bits", "batch_size", "num_epochs", "threshold_samples",
+               "checkpoint_every_epochs"):
     if config[name] < 1:
       raise errors.UserError(f"config.{name}={config[name]} must be at least 1")
-  if config.loss.reference_batch < 1:
-    raise errors.UserError(f"config.loss.reference_batch={config.loss.reference_batch} must be "
-                           "at least 1")
-  if config.similarity.num_neighbours < 0:
-    raise errors.UserError(f"config.similarity.num_neighbours="
-                           f"{config.similarity.num_neighbours} must be >= 0 (0: a tenth of "
-                           "the training set)")
   if config.batch_size % num_devices:
     raise errors.UserError(f"config.batch_size={config.batch_size} must be a multiple of the "
                            f"{num_devices} devices")
   if config.eval.batch_size % num_devices:
     raise errors.UserError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of "
                            f"the {num_devices} devices")
-
-
-def num_neighbours(config: ml_collections.ConfigDict, num_train: int) -> int:
-  """m of the neighbour-rank targets; 0 when the targets are not "neighbours".
-
-  config.similarity.num_neighbours, or when that is 0 a tenth of the training set at up to 16
-  bits and a twentieth at more bits (longer codes can keep a tighter neighbourhood: measured
-  on the dev features, 64 bits, m = 50 gave MAP 0.308 and m = 100 0.301; at 16 bits m = 100
-  0.280 and m = 50 0.254; the digits demo agrees).
-  """
-  if config.similarity.target != "neighbours":
-    return 0
-  derived = max(1, num_train // (10 if config.bits <= 16 else 20))
-  return min(num_train, config.similarity.num_neighbours or derived)
-
-
-def ablated_weights(config: ml_collections.ConfigDict) -> Tuple[float, float, float]:
-  """alpha, beta, gamma of eq. 7 after the ablation (UCSH-V: alpha=0, -C: beta=0, -S: gamma=0)."""
-  return (0.0 if config.ablation == "V" else config.loss.alpha,
-          0.0 if config.ablation == "C" else config.loss.beta,
-          0.0 if config.ablation == "S" else config.loss.gamma)
-
-
-def loss_weights(config: ml_collections.ConfigDict,
-                 feature_dim: Optional[int] = None) -> LossWeights:
-  """The weights of the step's mean-form terms (see `train_step.ucsh_losses`).
-
-  The step minimises M_2 + w_rec M_rec + w_kl M_kl + w_C M_C + w_S M_S, each M the mean form
-  of a term of eq. 7 over a global batch of n (M_2 = L_2 / (n^2 k^2), M_rec = L_rec / (n d),
-  M_kl = L_kl / (n k), M_C = L_C / (n k), M_S = L_S / n^2, with the literal sums L of the
-  paper, L_V = L_rec + L_kl, d the feature dimension, k the bits).
-
-  `config.loss.balance = "paper"` derives the weights from alpha, beta, gamma at the batch
-  n_0 = `config.loss.reference_batch` (the paper's 24):
-    w_rec = alpha d / (n_0 k^2), w_kl = alpha / (n_0 k), w_C = beta / (n_0 k), w_S = gamma / k^2,
-  so that at n = n_0 the objective is exactly (L_2 + alpha L_V + beta L_C + gamma L_S) /
-  (n_0^2 k^2): the paper's eq. 7 up to one positive factor, at every code length, and the same
-  on any number of devices (every term is a mean over the global batch). At another batch size
-  the terms keep the relative weights they have at n_0.
-  `"mean"` puts alpha, beta, gamma on the mean forms directly (w_rec = w_kl = alpha).
-  `feature_dim` defaults to the VGG16's feature width; without the backbone it must be given.
-  """
-  if feature_dim is None:
-    if not uses_backbone(config):
-      raise ValueError("loss_weights needs feature_dim for a model without the VGG16 backbone")
-    feature_dim = backbone_feature_dim(config)
-  alpha, beta, gamma = ablated_weights(config)
-  if config.loss.balance == "mean":
-    return LossWeights(reconstruction=alpha, kl=alpha, clustering=beta, separating=gamma)
-  n0, k = config.loss.reference_batch, config.bits
-  return LossWeights(reconstruction=alpha * feature_dim / (n0 * k * k), kl=alpha / (n0 * k),
-                     clustering=beta / (n0 * k), separating=gamma / (k * k))
+  method.validate(config)
 
 
 class FlatInputHashNet(nn.Module):
@@ -184,8 +122,12 @@ class FlatInputHashNet(nn.Module):
             **self.head(features, train=train, code_noise=code_noise)}
 
 
+def uses_images(config: ml_collections.ConfigDict) -> bool:
+  return config.data.name != "features"
+
+
 def uses_backbone(config: ml_collections.ConfigDict) -> bool:
-  return config.data.name != "features" and config.model.backbone == "vgg16"
+  return uses_images(config) and config.model.backbone == "vgg16"
 
 
 def backbone_feature_dim(config: ml_collections.ConfigDict) -> int:
@@ -197,30 +139,29 @@ def backbone_feature_dim(config: ml_collections.ConfigDict) -> int:
 
 def build_model(config: ml_collections.ConfigDict, feature_dim: Optional[int] = None,
                 start_layer: str = vgg.CONV_NAMES[0]):
-  """UCSH on images, or the hash head and decoder alone on feature vectors or flat pixels.
+  """The network of `config.method`: the VGG16 (or the inputs, optionally behind a trainable
+  top) giving the features x, and the method's head on them.
 
   `feature_dim` is the size of a flattened input; needed only without the VGG16 backbone.
-  `start_layer`: the UCSH applied from that VGG16 layer on, to the activations entering it
+  `start_layer`: the network applied from that VGG16 layer on, to the activations entering it
   (what a frozen prefix computed once gives, see `prefix_cache`); its parameters are the
   whole network's, of which it reads the layers it runs.
   """
-  code_activation = "tanh" if config.ablation == "R" else config.model.code_activation
   dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+  method = methods.method_class(config)
   if not uses_backbone(config):
     # Dropout only with a trainable top (before it, as before fc7, and before the hash layer):
     # on fixed inputs it would only add noise.
     rate = config.model.dropout_rate if config.model.top != "none" else 0.0
     top = ucsh_model.FeatureTop(dropout_rate=rate, dtype=dtype, name="top") if (
         config.model.top == "fc") else None
-    return FlatInputHashNet(models.HashHead(
-        bits=config.bits, feature_dim=feature_dim, decoder_hidden=config.model.decoder_hidden,
-        code_activation=code_activation, dropout_rate=rate, dtype=dtype), top=top)
+    return FlatInputHashNet(method.make_head(config, feature_dim, dtype, rate), top=top)
+  head = method.make_head(config, backbone_feature_dim(config), dtype,
+                          config.model.dropout_rate)
   return models.UCSH(bits=config.bits, width=config.model.width,
-                     pooled_size=config.model.pooled_size,
-                     decoder_hidden=config.model.decoder_hidden,
-                     code_activation=code_activation, dropout_rate=config.model.dropout_rate,
+                     pooled_size=config.model.pooled_size, dropout_rate=config.model.dropout_rate,
                      dtype=dtype, pooling=config.model.pooling, top=config.model.top == "fc",
-                     start_layer=start_layer)
+                     start_layer=start_layer, head=head)
 
 
 def preprocessing_for(config: ml_collections.ConfigDict
@@ -309,18 +250,20 @@ def _param_labels(params, frozen: Tuple[str, ...]) -> Dict:
   return labels
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                   method: Optional[methods.Method] = None) -> optax.GradientTransformation:
   """Adam (default) or SGD with momentum; learning rate step-decayed every few epochs.
 
   The parameters that produce the features (`FEATURE_PARAMS`: the VGG16 or the trainable top)
   learn at `config.optimizer.feature_lr_scale` times the learning rate of the others (the
   hash layer and the decoder), the VGG16 at `config.optimizer.backbone_lr_scale` times that
   again. The layers below `config.model.trainable_from` get no update and no optimiser state.
+  The parameters of a `method`'s other groups (`Method.param_group`) get its optimisers.
   """
   opt = config.optimizer
   scale, frozen = opt.feature_lr_scale, frozen_layers(config)
-  if not frozen and opt.backbone_lr_scale == 1.0:
+  groups = method.group_optimizers(steps_per_epoch) if method is not None else {}
+  if not frozen and opt.backbone_lr_scale == 1.0 and not groups:
     if scale == 1.0:
       return _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0))
     label = lambda params: {name: "features" if name in FEATURE_PARAMS else "head"
@@ -329,12 +272,20 @@ def make_optimizer(config: ml_collections.ConfigDict,
         {"features": _base_optimizer(config, _schedule(config, steps_per_epoch, scale)),
          "head": _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0))}, label)
   backbone_scale = scale * opt.backbone_lr_scale
+
+  def labels(params):
+    own = _param_labels(params, frozen)
+    if groups:
+      own.update({name: method.param_group(name) for name in params
+                  if method.param_group(name) != methods.MAIN_GROUP})
+    return own
+
   return optax.multi_transform(
       {"frozen": optax.set_to_zero(),
        "backbone": _base_optimizer(config, _schedule(config, steps_per_epoch, backbone_scale)),
        "features": _base_optimizer(config, _schedule(config, steps_per_epoch, scale)),
-       "head": _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0))},
-      lambda params: _param_labels(params, frozen))
+       "head": _base_optimizer(config, _schedule(config, steps_per_epoch, 1.0)), **groups},
+      labels)
 
 
 def create_train_state(model, params, tx: optax.GradientTransformation) -> train_state.TrainState:

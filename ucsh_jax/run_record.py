@@ -39,6 +39,29 @@ MAY_CHANGE = ("num_epochs", "eval.", "log_every_steps", "checkpoint_every_steps"
 ADDED_FIELDS = {"model.pooling": "fc7", "model.trainable_from": "",
                 "model.prefix_cache_dir": "", "optimizer.backbone_lr_scale": 1.0,
                 "data.splits_file": ""}
+# UCSH's fields, which every config had before `method` was recorded (SSDH's too, unused).
+UCSH_FIELDS = ("num_clusters", "ablation", "loss", "similarity", "kmeans_iters", "kmeans_inits",
+               "kmeans_metric")
+
+
+def upgrade(recorded: Dict[str, Any]) -> Dict[str, Any]:
+  """A recorded config as the current code writes it.
+
+  Adds the ADDED_FIELDS it lacks, and for a record from before `method` existed the method its
+  config implies ("ssdh" for SSDH's targets, else "ucsh"); an SSDH record then drops UCSH's
+  fields, which SSDH's config no longer has.
+  """
+  config = {k: dict(v) if isinstance(v, dict) else v for k, v in recorded.items()}
+  for field, value in ADDED_FIELDS.items():
+    group, name = field.split(".")
+    if group in config and name not in config[group]:
+      config[group][name] = value
+  if "method" not in config:
+    implied = "ssdh" if config.get("similarity", {}).get("target") == "ssdh" else "ucsh"
+    config["method"] = implied
+    if implied != "ucsh":
+      config = {k: v for k, v in config.items() if k not in UCSH_FIELDS}
+  return config
 
 
 def record_path(workdir: str) -> str:
@@ -61,7 +84,7 @@ def _may_change(field: str) -> bool:
 
 def differing_fields(recorded: Dict[str, Any], config: Dict[str, Any]) -> List[str]:
   """'field: recorded -> given' for each field outside MAY_CHANGE whose value differs."""
-  old, new = ({**ADDED_FIELDS, **_flatten(recorded)}, {**ADDED_FIELDS, **_flatten(config)})
+  old, new = _flatten(upgrade(recorded)), _flatten(config)
   missing = object()
   changes = []
   for field in sorted(set(old) | set(new)):
@@ -180,9 +203,4 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise errors.UserError(f"{workdir} holds no run record ({RECORD_FILE})",
                            hint="train first: python -m ucsh_jax.main --config=... "
                                 f"--workdir={workdir}")
-  config = ml_collections.ConfigDict(record["config"])
-  for field, value in ADDED_FIELDS.items():
-    group, name = field.split(".")
-    if group in config and name not in config[group]:
-      config[group][name] = value
-  return config
+  return ml_collections.ConfigDict(upgrade(record["config"]))

@@ -2,10 +2,13 @@
 
   python -m ucsh_jax.tables ROOT    # prints the tables and writes ROOT/results.md
 
-Reads every `results.json` under ROOT (a UCSH run: dataset, bits, ablation, topk, map) and every
-`baselines.json` (a `python -m ucsh_jax.baselines` run: dataset, topk, map[method][bits]).
-Table 1: SH, ITQ, LSH, SpH and UCSH; Table 2: UCSH and its ablations UCSH-V/C/S/R. Columns are
-dataset x code length, rows with no result are left out, missing cells show "-".
+Reads every `results.json` under ROOT (a run of `python -m ucsh_jax.main`: dataset, bits,
+method, UCSH's ablation, topk, map) and every `baselines.json` (a `python -m ucsh_jax.baselines`
+run: dataset, topk, map[method][bits]). Table 1: the shallow baselines SH, ITQ, LSH, SpH and
+the deep methods in the paper's order (DeepBit, SSDH, DistillHash, UCSH), then the others
+(TBH, GreedyHash, Bi-half); Table 2: UCSH and its ablations UCSH-V/C/S/R. Columns are dataset x
+code length, rows with no result are left out, missing cells show "-". A results.json written
+before runs recorded their method reads as the method its run.json implies.
 """
 
 import json
@@ -14,11 +17,13 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ucsh_jax import cli
 from ucsh_jax import errors
+from ucsh_jax import methods
+from ucsh_jax import run_record
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "nus_wide": "NUS-WIDE", "mirflickr": "MIRFLICKR-25K"}
 METHOD_NAMES = {"sh": "SH", "itq": "ITQ", "lsh": "LSH", "sph": "SpH"}  # Table 1's order.
-ABLATION_NAMES = {"": "UCSH", "V": "UCSH-V", "C": "UCSH-C", "S": "UCSH-S", "R": "UCSH-R"}
-TABLE1_ROWS = tuple(METHOD_NAMES.values()) + ("UCSH",)
+ABLATION_NAMES = methods.ABLATION_LABELS
+TABLE1_ROWS = tuple(METHOD_NAMES.values()) + tuple(methods.row_label(m) for m in methods.NAMES)
 TABLE2_ROWS = tuple(ABLATION_NAMES.values())
 
 Cell = Tuple[str, str, int]  # (row name, dataset, bits)
@@ -49,6 +54,22 @@ def _field(payload: dict, key: str, path: str):
   return payload[key]
 
 
+def _row(run: dict, folder: str, path: str) -> str:
+  """The row of a results.json: its method (or the one its run.json implies) and ablation."""
+  method = run.get("method")
+  if method is None:
+    record = run_record.read(folder)
+    method = run_record.upgrade(record["config"])["method"] if record else "ucsh"
+  if method not in methods.METHODS:
+    raise errors.UserError(f"{path}: unknown method {method!r}; expected one of "
+                           f"{', '.join(methods.NAMES)}")
+  ablation = run.get("ablation", "") if method == "ucsh" else ""
+  if ablation not in ABLATION_NAMES:
+    raise errors.UserError(f"{path}: unknown ablation {ablation!r}; expected one of "
+                           f"{sorted(ABLATION_NAMES)}")
+  return methods.row_label(method, ablation)
+
+
 def collect(root: str) -> Tuple[Dict[Cell, float], Dict[Cell, str], List[Optional[int]]]:
   """Scans ROOT for results.json and baselines.json.
 
@@ -73,12 +94,9 @@ def collect(root: str) -> Tuple[Dict[Cell, float], Dict[Cell, str], List[Optiona
     if "results.json" in files:
       path = os.path.join(folder, "results.json")
       run = _read(path)
-      ablation = _field(run, "ablation", path)
-      if ablation not in ABLATION_NAMES:
-        raise errors.UserError(f"{path}: unknown ablation {ablation!r}; expected one of "
-                               f"{sorted(ABLATION_NAMES)}")
-      add((ABLATION_NAMES[ablation], _field(run, "dataset", path), int(_field(run, "bits", path))),
-          _field(run, "map", path), path, _field(run, "topk", path))
+      add((_row(run, folder, path), _field(run, "dataset", path),
+           int(_field(run, "bits", path))), _field(run, "map", path), path,
+          _field(run, "topk", path))
     if "baselines.json" in files:
       path = os.path.join(folder, "baselines.json")
       run = _read(path)
@@ -114,7 +132,7 @@ def render(root: str) -> str:
   label = (map_label(topks[0]) if len(topks) == 1 else
            "MAP (mixed cut-offs: " + ", ".join(map_label(t) for t in topks) + ")")
   parts = []
-  for number, rows, what in ((1, TABLE1_ROWS, "UCSH and the shallow baselines"),
+  for number, rows, what in ((1, TABLE1_ROWS, "the shallow baselines and the deep methods"),
                              (2, TABLE2_ROWS, "UCSH and its variants")):
     table = _table(values, rows)
     if table:

@@ -1,4 +1,5 @@
-"""The UCSH run: per epoch re-cluster features and re-estimate s_t, then train; evaluate.
+"""The run of any method: per epoch refresh the method's state from the training features
+(UCSH: re-cluster, re-estimate s_t), then train; evaluate.
 
 `train_and_evaluate` is the main job. It resumes from the latest checkpoint in the workdir, so
 a run started again with the same workdir continues exactly where it stopped.
@@ -17,12 +18,11 @@ import numpy as np
 
 from ucsh_jax import checkpointing
 from ucsh_jax import data
-from ucsh_jax import epoch_state as epoch_state_lib
 from ucsh_jax import errors
 from ucsh_jax import evaluate
 from ucsh_jax import experiment
 from ucsh_jax import inference
-from ucsh_jax import ops
+from ucsh_jax import methods
 from ucsh_jax import parallel
 from ucsh_jax import prefix_cache
 from ucsh_jax import progress
@@ -38,10 +38,10 @@ class Run:
   mesh: jax.sharding.Mesh
   source: Any
   splits: Any
+  method: methods.Method
   model: Any
   preprocessing: Any
   state: Any
-  feature_dim: int
   steps_per_epoch: int
   keys: Dict[str, jax.Array]
 
@@ -61,10 +61,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
   source = data.get_source(config.data)
   run_record.check_data(workdir, source.fingerprint, write=jax.process_index() == 0)
   splits = data.make_splits(config.data, source, seed=config.seed, workdir=workdir)
-  if len(splits.train) < max(config.batch_size, config.num_clusters):
-    raise errors.UserError(f"the training set has {len(splits.train)} images, fewer than "
-                           f"config.batch_size={config.batch_size} or "
-                           f"config.num_clusters={config.num_clusters}")
   if source.kind == "features":
     pretrained, preprocessing = None, None
     sample = np.asarray(source[0]["features"], np.float32)[None]
@@ -72,16 +68,24 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
     pretrained, preprocessing = experiment.preprocessing_for(config)
     size = config.data.image_size
     sample = np.zeros((1, size, size, 3), np.float32)
-  model = experiment.build_model(config, feature_dim=int(np.prod(sample.shape[1:])))
+  input_dim = int(np.prod(sample.shape[1:]))
+  model = experiment.build_model(config, feature_dim=input_dim)
   root = jax.random.key(config.seed)
-  keys = dict(zip(("init", "train", "centers", "epoch"), jax.random.split(root, 4)))
+  keys = dict(zip(("init", "train", "method", "epoch"), jax.random.split(root, 4)))
+  feature_dim = (experiment.backbone_feature_dim(config) if experiment.uses_backbone(config)
+                 else input_dim)
+  method = methods.build(config, feature_dim, keys["method"])
+  if len(splits.train) < max(config.batch_size, method.min_train_items()):
+    raise errors.UserError(f"the training set has {len(splits.train)} images, fewer than "
+                           f"config.batch_size={config.batch_size} or the "
+                           f"{method.min_train_items()} the method needs")
   steps_per_epoch = len(splits.train) // config.batch_size
   logging.info("data %s: %d examples; %d queries, %d database items, %d training items.",
                config.data.name, len(source), len(splits.query), len(splits.database),
                len(splits.train))
-  tx = experiment.make_optimizer(config, steps_per_epoch)
+  tx = experiment.make_optimizer(config, steps_per_epoch, method)
   run = Run(config=config, workdir=workdir, mesh=mesh, source=source, splits=splits,
-            model=model, preprocessing=preprocessing, state=None, feature_dim=0,
+            method=method, model=model, preprocessing=preprocessing, state=None,
             steps_per_epoch=steps_per_epoch, keys=keys)
   params = None
   if not restoring or (prefix_cache and experiment.frozen_layers(config)):
@@ -100,9 +104,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
       params = experiment.itq_hash_layer(params, features_NxD, config.bits,
                                          jax.random.fold_in(keys["init"], 1))
     state = parallel.replicate(mesh, experiment.create_train_state(model, params, tx))
-  feature_dim = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, train=False),
-                               state.params, sample)["features"].shape[-1]
-  return dataclasses.replace(run, state=state, feature_dim=feature_dim)
+  return dataclasses.replace(run, state=state)
 
 
 def _with_prefix_cache(run: Run, params) -> Run:
@@ -111,10 +113,12 @@ def _with_prefix_cache(run: Run, params) -> Run:
   Its source is then the cached prefix outputs of every item (`prefix_cache.PrefixSource`) and
   its model the network from trainable_from on (same parameters), so training, the epoch's
   features and the evaluation of the run's own data skip the frozen layers. Without a frozen
-  prefix (or on a run already cached) the run is returned as it is. New images (search, serve)
+  prefix, on a run already cached, or with a method whose loss needs the whole network
+  (`Method.needs_whole_network`) the run is returned as it is. New images (search, serve)
   go through the whole network: build the run with `setup(..., prefix_cache=False)`.
   """
-  if not experiment.frozen_layers(run.config) or run.source.kind != "image":
+  if (not experiment.frozen_layers(run.config) or run.source.kind != "image"
+      or run.method.needs_whole_network):
     return run
   source = prefix_cache.load_or_build(run.config, run.workdir, run.source, params,
                                       run.preprocessing, run.mesh)
@@ -126,21 +130,6 @@ def eval_kwargs(run: Run) -> Dict[str, Any]:
   """The keyword arguments of `inference.outputs_for` for this run."""
   return dict(mesh=run.mesh, batch_size=run.config.eval.batch_size,
               image_size=run.config.data.image_size, preprocessing=run.preprocessing)
-
-
-def step_threshold(epoch_state: epoch_state_lib.EpochState, target: str) -> np.ndarray:
-  """The step's threshold argument: s_t, or for SSDH's targets (s_t, the right threshold)."""
-  if target == "ssdh":
-    return np.stack([epoch_state.threshold, epoch_state.threshold_right]).astype(np.float32)
-  return np.asarray(epoch_state.threshold, np.float32)
-
-
-def epoch_scalars(epoch_state: epoch_state_lib.EpochState, num_clusters: int) -> Dict[str, float]:
-  """TensorBoard scalars of an epoch: "threshold", "cluster_size/{j}", "cluster_sizes_min"."""
-  sizes = np.bincount(epoch_state.assignments, minlength=num_clusters)
-  scalars = {"threshold": float(epoch_state.threshold), "cluster_sizes_min": float(sizes.min())}
-  scalars.update({f"cluster_size/{j}": float(n) for j, n in enumerate(sizes)})
-  return scalars
 
 
 def _evaluate(run: Run, forward, params) -> Dict[str, Any]:
@@ -170,9 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       run.source, run.splits.train, global_batch_size=config.batch_size,
       image_size=config.data.image_size, preprocessing=run.preprocessing, seed=config.seed,
       num_workers=config.data.num_workers)
-  num_neighbours = experiment.num_neighbours(config, len(run.splits.train))
-  epoch_state = epoch_state_lib.empty_epoch_state(config.num_clusters, run.feature_dim,
-                                                  len(run.splits.train), num_neighbours)
+  method = run.method
+  epoch_state = method.empty_state(len(run.splits.train))
   state = run.state
   if last_saved is not None:
     state, epoch_state = checkpointer.restore(last_saved, state, train_iter, epoch_state)
@@ -180,43 +168,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if jax.process_index() == 0:
     parameter_overview.log_parameter_overview(state.params, msg="Parameters")
   step = int(state.step)
-  centers_NxK = np.asarray(ops.hash_centers(config.num_clusters, config.bits,
-                                            key=run.keys["centers"]), np.float32)
-  target = config.similarity.target
-  train_step = train_step_lib.make_train_step(
-      run.mesh, model=run.model, weights=experiment.loss_weights(config, run.feature_dim),
-      target=target)
+  train_step = train_step_lib.make_train_step(run.mesh, model=run.model, method=method)
   forward = inference.make_forward(run.model, run.mesh)
   reporter = progress.Reporter(workdir, total_steps=total_steps, first_step=step,
                                examples_per_step=config.batch_size,
                                every_steps=config.log_every_steps)
   key = parallel.replicate(run.mesh, run.keys["train"])
-  threshold = parallel.replicate(run.mesh, step_threshold(epoch_state, target))
+  step_inputs = parallel.replicate(run.mesh, method.step_inputs(epoch_state))
   pending = None
   try:
     while step < total_steps:
       epoch = step // spe
       if int(epoch_state.epoch) != epoch:
-        features_NxD = inference.outputs_for(forward, state.params, run.source,
-                                             run.splits.train, "features", **eval_kwargs(run))
+        features_NxD = inference.outputs_for(
+            forward, state.params, run.source, run.splits.train, "features",
+            **eval_kwargs(run)) if method.uses_epoch_features else None
         previous = epoch_state
-        epoch_state = parallel.same_on_all_hosts(epoch_state_lib.refresh_epoch_state(
+        epoch_state = parallel.same_on_all_hosts(method.refresh(
             features_NxD, epoch_state, epoch=epoch,
-            num_clusters=config.num_clusters, kmeans_iters=config.kmeans_iters,
-            kmeans_inits=config.kmeans_inits, kmeans_metric=config.kmeans_metric,
-            threshold_samples=config.threshold_samples, num_neighbours=num_neighbours,
             key=jax.random.fold_in(run.keys["epoch"], epoch)))
-        scalars = epoch_scalars(epoch_state, config.num_clusters)
-        if int(previous.epoch) >= 0:
-          scalars.update(epoch_state_lib.changes(previous, epoch_state))
-        reporter.write_scalars(step, scalars)
-        threshold = parallel.replicate(run.mesh, step_threshold(epoch_state, target))
+        reporter.write_scalars(step, method.epoch_scalars(epoch_state, previous))
+        step_inputs = parallel.replicate(run.mesh, method.step_inputs(epoch_state))
       host_batch = next(train_iter)
-      host_batch["center"] = centers_NxK[epoch_state.assignments[host_batch["index"]]]
-      if target == "neighbours":
-        host_batch["neighbours"] = epoch_state.neighbours[host_batch["index"]]
+      host_batch.update(method.batch_extras(epoch_state, host_batch["index"]))
       state, metrics = train_step(state, parallel.global_batch(run.mesh, host_batch),
-                                  threshold, key)
+                                  step_inputs, key)
       step += 1
       if pending is not None:  # Checked one step late so that the host never stalls the device.
         _check_finite(*pending, last_saved)
@@ -237,8 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     checkpointer.close()
     reporter.close()
   scores = _evaluate(run, forward, state.params)
-  results = dict(scores, dataset=config.data.name, bits=config.bits,
-                 ablation=config.ablation, num_query=len(run.splits.query),
+  results = dict(scores, dataset=config.data.name, bits=config.bits, method=method.name,
+                 **method.results_fields(), num_query=len(run.splits.query),
                  num_database=len(run.splits.database), num_train=len(run.splits.train),
                  epochs=config.num_epochs, steps=step,
                  elapsed_s=round(time.time() - start_time, 2))

@@ -144,6 +144,8 @@ class UCSH(nn.Module):
     top: put a FeatureTop after the average pooling (not with "fc7", which has fc7).
     start_layer: the first VGG16 layer run (see `vgg.VGG16`): with a frozen prefix computed
       once, the network is applied from the layer after it to the activations it gave.
+    head: the module on the features (a hashing method's head, see `ucsh_jax.methods`); None
+      is a HashHead from the attributes above.
   """
 
   bits: int
@@ -156,6 +158,7 @@ class UCSH(nn.Module):
   pooling: str = "fc7"
   top: bool = False
   start_layer: str = vgg.CONV_NAMES[0]
+  head: Optional[nn.Module] = None
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool,
@@ -171,8 +174,8 @@ class UCSH(nn.Module):
     Returns:
       "features" (n, F): fc7 after ReLU (F = 4096 * width), or the pooled conv maps (F = 512 *
       width) or the top's output on them; "similarity_features" (n, F) the same without
-      dropout (equal to "features" in eval mode); and HashHead's "logits", "codes" and
-      "reconstruction"; all float32.
+      dropout (equal to "features" in eval mode); and the head's outputs (HashHead's
+      "logits", "codes" and "reconstruction", float32).
     """
     if self.top and self.pooling == "fc7":
       raise ValueError("top is for the average poolings; pooling 'fc7' has VGG16's own fc7")
@@ -188,9 +191,10 @@ class UCSH(nn.Module):
                                                                          train=False)
     else:
       features = clean = out["pooled"]
-    head = HashHead(bits=self.bits, feature_dim=features.shape[-1],
-                    decoder_hidden=self.decoder_hidden, code_activation=self.code_activation,
-                    dropout_rate=self.dropout_rate, dtype=self.dtype, name="head")
+    head = self.head or HashHead(bits=self.bits, feature_dim=features.shape[-1],
+                                 decoder_hidden=self.decoder_hidden,
+                                 code_activation=self.code_activation,
+                                 dropout_rate=self.dropout_rate, dtype=self.dtype, name="head")
     return {"features": features, "similarity_features": clean,
             **head(features, train=train, code_noise=code_noise)}
 

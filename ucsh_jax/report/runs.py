@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from ucsh_jax import errors
+from ucsh_jax import methods
 from ucsh_jax import run_record
 from ucsh_jax import tables
 from ucsh_jax import train
@@ -90,7 +91,7 @@ def load_ucsh(workdir: str) -> Tuple[MethodCodes, ml_collections.ConfigDict]:
       train.evaluate_checkpoint(config, workdir, write_codes=True)
   with np.load(path) as f:
     npz = dict(f)
-  name = tables.ABLATION_NAMES.get(config.ablation, f"UCSH-{config.ablation}")
+  name = methods.row_label(config.method, config.get("ablation", ""))
   codes = MethodCodes(
       label=name, codes={k: npz[k] for k in CODE_KEYS},
       query_ids=_split_ids(workdir, "query", npz), database_ids=_split_ids(workdir, "database", npz),
