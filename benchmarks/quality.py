@@ -1,17 +1,20 @@
-"""Retrieval quality: UCSH, its ablations, SSDH and the shallow baselines on the same features.
+"""Retrieval quality: UCSH, its ablations, the other methods and the shallow baselines on the
+same inputs.
 
   nice python -m benchmarks.quality --data=/work/shared/data/cifar-mini-deepfeat.npz \
       --topk=1000 --out=runs/quality_dev
   nice python -m benchmarks.quality --config=configs/digits.py --out=runs/quality_digits
 
-With --data (a feature file) the UCSH rows use `configs/features.py` and SSDH
-`configs/ssdh.py:features`; with --config (e.g. the digits demo) that config is UCSH's and the
-others are derived from it the same way. Rows, each at every code length and seed:
+With --data (a feature file) the UCSH rows use `configs/features.py`; with --config (e.g. the
+digits demo) that config is UCSH's and the others are derived from it the same way. Each other
+method (`ucsh_jax.methods.NAMES`) runs its own config, `configs/<method>.py:<--variant>`
+(default "features" with --data), with its schedule, on the data, seed, code length, weights
+and cut-off of UCSH's. Rows, each at every code length and seed:
   UCSH                the config as shipped;
   UCSH, paper         the paper's objective on the same network (trainable top on): cosine S,
                       clustering beta = 10, random hash-layer start;
   UCSH-V/-C/-S/-R     the ablations of that objective (Table 2);
-  SSDH                thresholded S in {+1, 0, -1}, its loss alone, tanh codes;
+  ssdh, ...           the other methods, by their config.method name;
   LSH, ITQ, SH, SpH   fit on the training split of the same inputs;
   cosine              the real-valued cosine ranking of the inputs (no hashing), the ceiling.
 Printed and written as mean +- std over the seeds to OUT/quality.json and OUT/quality.md.
@@ -23,6 +26,7 @@ jobs): 9.4 min wall on a quiet 2-core machine (20.7 min on a shared one at load 
 
 from concurrent import futures
 import copy
+import importlib
 import multiprocessing
 import os
 import tempfile
@@ -38,12 +42,12 @@ from ml_collections import config_flags
 import numpy as np
 
 from configs import features as features_config
-from configs import ssdh as ssdh_config
 from ucsh_jax import baselines
 from ucsh_jax import cli
 from ucsh_jax import evaluate
 from ucsh_jax import experiment
 from ucsh_jax import inference
+from ucsh_jax import methods
 from ucsh_jax import tables
 from ucsh_jax import train
 from ucsh_jax.report import events
@@ -58,6 +62,9 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (splits unless the f
                            "initialisation, shuffling, baselines' keys).")
 _ROWS = flags.DEFINE_list("rows", ["ucsh", "paper", "V", "C", "S", "R", "ssdh", "lsh", "itq",
                                    "sh", "sph", "cosine"], "Rows to measure (also 'fixed').")
+_VARIANT = flags.DEFINE_string("variant", "", "The variant of the other methods' configs "
+                               "(configs/<method>.py:VARIANT): '' = 'features' with --data, "
+                               "else the images' paper settings; e.g. 'finetune', 'digits'.")
 _OUT = flags.DEFINE_string("out", "runs/quality", "Output directory.")
 _JOBS = flags.DEFINE_integer("jobs", 2, "Training runs in parallel (worker processes).")
 
@@ -66,7 +73,8 @@ ROW_NAMES = {"ucsh": "UCSH (config as shipped)", "paper": "UCSH, paper's objecti
              "fixed": "UCSH on the fixed inputs (configs/features.py)",
              "V": "UCSH-V (paper's, alpha = 0)", "C": "UCSH-C (paper's, beta = 0)",
              "S": "UCSH-S (paper's, gamma = 0)", "R": "UCSH-R (paper's, tanh relaxation)",
-             "ssdh": "SSDH", "cosine": "cosine ranking of the inputs (real-valued)",
+             "cosine": "cosine ranking of the inputs (real-valued)",
+             **{name: cls.title for name, cls in methods.METHODS.items() if name != "ucsh"},
              **tables.METHOD_NAMES}
 
 
@@ -81,20 +89,24 @@ def paper_objective(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return config
 
 
-def ssdh_like(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """SSDH's targets, loss and codes on the same network and schedule."""
-  config = copy.deepcopy(config)
-  ssdh = ssdh_config.get_config("features")
-  config.similarity.target = ssdh.similarity.target
-  config.loss.alpha, config.loss.beta, config.loss.gamma = 0.0, 0.0, 0.0
-  config.model.code_activation = ssdh.model.code_activation
-  config.model.hash_init = ssdh.model.hash_init
+def method_config(name: str, base: ml_collections.ConfigDict,
+                  variant: str) -> ml_collections.ConfigDict:
+  """`configs/<name>.py:<variant>` on the data, seed, code length, weights and cut-off of
+  `base` (UCSH's config)."""
+  config = importlib.import_module(f"configs.{name}").get_config(variant or None)
+  config.data = copy.deepcopy(base.data)
+  config.seed, config.bits, config.eval.topk = base.seed, base.bits, base.eval.topk
+  config.model.pretrained = base.model.pretrained
+  config.model.prefix_cache_dir = base.model.prefix_cache_dir
   return config
 
 
-def row_configs(base: ml_collections.ConfigDict) -> Dict[str, ml_collections.ConfigDict]:
+def row_configs(base: ml_collections.ConfigDict,
+                variant: str) -> Dict[str, ml_collections.ConfigDict]:
   paper = paper_objective(base)
-  rows = {"ucsh": base, "paper": paper, "ssdh": ssdh_like(base)}
+  rows = {"ucsh": base, "paper": paper}
+  rows.update({name: method_config(name, base, variant)
+               for name in methods.NAMES if name != "ucsh"})
   for ablation in ("V", "C", "S", "R"):
     rows[ablation] = copy.deepcopy(paper)
     rows[ablation].ablation = ablation
@@ -205,13 +217,13 @@ def shallow_map(name: str, feats: Dict[str, Any], bits: int, seed: int, topk: in
 
 
 def measure(base: ml_collections.ConfigDict, rows: Sequence[str], bits: Sequence[int],
-            seeds: Sequence[int], jobs: int, log: Callable[[str], None], feature_dir: str
-            ) -> Tuple[Dict[str, Dict[str, List[float]]], Dict[str, Any]]:
+            seeds: Sequence[int], jobs: int, log: Callable[[str], None], feature_dir: str,
+            variant: str = "") -> Tuple[Dict[str, Dict[str, List[float]]], Dict[str, Any]]:
   """({row: {str(bits): [MAP per seed, in seed order]}} ("cosine" is the same at every code
   length), {run: its seconds and `fine_tuning_facts`}). The training runs go to `jobs` worker
   processes; the rest runs here meanwhile. The "fixed" row's feature files go to
   `feature_dir`."""
-  configs = row_configs(base)
+  configs = row_configs(base, variant)
   values: Dict[Tuple[str, int, int], float] = {}
   facts: Dict[str, Any] = {}
   trained = [(row, b, seed) for seed in seeds for row in rows if row in configs for b in bits]
@@ -285,9 +297,10 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unknown rows {unknown}; expected some of {sorted(ROW_NAMES)}")
   os.makedirs(_OUT.value, exist_ok=True)
   start = time.time()
+  variant = _VARIANT.value or ("features" if _DATA.value else "")
   maps, facts = measure(base, _ROWS.value, bits, seeds, _JOBS.value,
-                        lambda line: print(line, flush=True), _OUT.value)
-  results = {"inputs": inputs, "topk": base.eval.topk if base.eval.topk > 0 else None,
+                        lambda line: print(line, flush=True), _OUT.value, variant)
+  results = {"inputs": inputs, "variant": variant, "topk": base.eval.topk if base.eval.topk > 0 else None,
              "bits": bits, "seeds": seeds, "maps": maps, "summary": summary(maps),
              "runs": facts,
              "elapsed_s": round(time.time() - start, 1)}

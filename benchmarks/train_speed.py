@@ -31,6 +31,7 @@ from benchmarks import input_speed
 from configs import cifar
 from ucsh_jax import data
 from ucsh_jax import experiment
+from ucsh_jax import methods
 from ucsh_jax import ops
 from ucsh_jax import parallel
 from ucsh_jax import train_step as train_step_lib
@@ -133,8 +134,8 @@ def time_row(config, mesh, state, batch_size: int, size: int, dtype: str, warmup
   config = config.copy_and_resolve_references()
   config.model.dtype = dtype
   model = experiment.build_model(config)
-  step_fn = train_step_lib.make_train_step(mesh, model=model,
-                                           weights=experiment.loss_weights(config))
+  method = methods.build(config, experiment.backbone_feature_dim(config), jax.random.key(0))
+  step_fn = train_step_lib.make_train_step(mesh, model=model, method=method)
   batch = parallel.global_batch(mesh, make_batch(config, batch_size, size))
   threshold = parallel.replicate(mesh, np.float32(0.3))
   key = parallel.replicate(mesh, jax.random.key(0))

@@ -250,6 +250,15 @@ def _param_labels(params, frozen: Tuple[str, ...]) -> Dict:
   return labels
 
 
+def _group_or_label(method: methods.Method, path, labels: Dict) -> str:
+  keys = tuple(str(getattr(k, "key", k)) for k in path)
+  group = method.param_group(keys)
+  if group != methods.MAIN_GROUP:
+    return group
+  label = labels[keys[0]]
+  return label if isinstance(label, str) else label[keys[1]]
+
+
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
                    method: Optional[methods.Method] = None) -> optax.GradientTransformation:
   """Adam (default) or SGD with momentum; learning rate step-decayed every few epochs.
@@ -275,10 +284,11 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
 
   def labels(params):
     own = _param_labels(params, frozen)
-    if groups:
-      own.update({name: method.param_group(name) for name in params
-                  if method.param_group(name) != methods.MAIN_GROUP})
-    return own
+    if not groups:
+      return own
+    # Per leaf: the method's group, or the label of the entry (layer) the leaf is under.
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: _group_or_label(method, path, own), params)
 
   return optax.multi_transform(
       {"frozen": optax.set_to_zero(),

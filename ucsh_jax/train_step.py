@@ -28,9 +28,14 @@ Metrics = Dict[str, jax.Array]
 
 
 def group_mask(params, method: methods_lib.Method, group: str):
-  """True for the leaves of `params` whose top-level entry is in `group`."""
-  return {name: jax.tree.map(lambda _: method.param_group(name) == group, subtree)
-          for name, subtree in params.items()}
+  """True for the leaves of `params` in the method's parameter group `group`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: method.param_group(key_path(path)) == group, params)
+
+
+def key_path(path) -> Tuple[str, ...]:
+  """The dict keys of a `jax.tree_util` key path, as strings."""
+  return tuple(str(getattr(k, "key", k)) for k in path)
 
 
 def gradients(params, batch: Dict[str, jax.Array], context: methods_lib.Context, *,

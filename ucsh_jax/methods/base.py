@@ -131,9 +131,10 @@ class Method:
     """
     raise NotImplementedError
 
-  def param_group(self, name: str) -> str:
-    """The group of the top-level parameter entry `name` (default: all in MAIN_GROUP)."""
-    del name
+  def param_group(self, path: Tuple[str, ...]) -> str:
+    """The group of the parameter at `path`, its keys from the top ("head", "critic",
+    "kernel"); default: all in MAIN_GROUP."""
+    del path
     return MAIN_GROUP
 
   def loss_groups(self) -> Sequence[str]:
