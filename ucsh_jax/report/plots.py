@@ -18,7 +18,7 @@ from ucsh_jax import tables
 from ucsh_jax.report import curves as curves_lib
 from ucsh_jax.report import events
 
-_SIZE = (5.0, 3.5)
+_SIZE = (4.0, 3.0)
 DISPLAY_DPI = 96  # CSS pixels per inch: the page draws a figure at its size in inches.
 SAVE_DPI = 2 * DISPLAY_DPI
 MIN_FONT_PT, LABEL_PT, TITLE_PT = 10, 11, 12
@@ -51,12 +51,9 @@ def _readable(fig: figure_lib.Figure) -> figure_lib.Figure:
 def _legend_below(fig: figure_lib.Figure, ax) -> figure_lib.Figure:
   """The axes' legend under the plot (never over the curves), the figure taller to hold it."""
   handles, labels = ax.get_legend_handles_labels()
-  columns = 1 if len(labels) <= 3 else 2
-  rows = -(-len(labels) // columns)
   width, height = fig.get_size_inches()
-  fig.set_size_inches(width, height + 0.25 * rows)
-  fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize=MIN_FONT_PT,
-             frameon=False)
+  fig.set_size_inches(width, height + 0.25 * len(labels))  # One entry a line.
+  fig.legend(handles, labels, loc="outside lower center", fontsize=MIN_FONT_PT, frameon=False)
   return fig
 
 
@@ -80,7 +77,7 @@ def _legend_label(c: curves_lib.Curves) -> str:
 def precision_recall(group: Sequence[curves_lib.Curves],
                      colors: Optional[Mapping[str, str]] = None) -> figure_lib.Figure:
   """Precision against recall of Hamming-ball retrieval, one point per radius 0..k."""
-  fig, ax = _axes(f"Precision-recall over Hamming radii, {group[0].bits} bits", "recall",
+  fig, ax = _axes(f"Precision-recall, {group[0].bits} bits", "recall",
                   "precision")
   for c in group:
     ax.plot(c.recall_R, c.precision_R, marker=".", label=_legend_label(c), **_color(c, colors))
@@ -101,7 +98,7 @@ def precision_at_k(group: Sequence[curves_lib.Curves],
 def precision_within_radius(group: Sequence[curves_lib.Curves],
                             colors: Optional[Mapping[str, str]] = None) -> figure_lib.Figure:
   """Precision of the items within Hamming distance r against r."""
-  fig, ax = _axes(f"Precision within Hamming radius r, {group[0].bits} bits", "radius r",
+  fig, ax = _axes(f"Precision within radius r, {group[0].bits} bits", "radius r",
                   "precision")
   for c in group:
     ax.plot(np.arange(c.bits + 1), c.precision_R, marker=".", label=_legend_label(c),
