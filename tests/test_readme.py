@@ -107,11 +107,17 @@ def _make_photos(root, per_class=40, seed=0):
       PIL.Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(root, name, f"{i:03d}.jpg"))
 
 
+# Folders of a user's own inputs that the README tells them to make (git ignores them): never
+# copied from the checkout, whatever it holds; the test makes its own (make_inputs).
+INPUT_FOLDERS = ("downloads", "photos")
+
+
 def make_inputs(command, root):
   """Makes the relative inputs that `command` reads and the repository does not ship."""
   for value in _args(command).values():
     first = value.split("/")[0]
-    if first == "downloads" and not os.path.exists(os.path.join(root, "downloads")):
+    if first == "downloads" and not os.path.exists(
+        os.path.join(root, "downloads", "cifar-10-python.tar.gz")):
       _make_cifar_archive(os.path.join(root, "downloads", "cifar-10-python.tar.gz"))
     if first == "photos" and not os.path.exists(os.path.join(root, "photos")):
       _make_photos(os.path.join(root, "photos"))
@@ -274,12 +280,15 @@ def check_for(command):
 
 # ---- Running them. ----
 
-def _copy_repository(dest):
-  """The files a fresh clone has (tracked, plus new files git does not ignore)."""
+def _copy_repository(dest, repo=REPO):
+  """The files a fresh clone has (tracked, plus new files git does not ignore), less anything
+  under INPUT_FOLDERS (a user's own photos/ or downloads/ never feed the test)."""
   listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+                          cwd=repo, capture_output=True, text=True, check=True).stdout
   for name in listed.splitlines():
-    source = os.path.join(REPO, name)
+    if name.split("/")[0] in INPUT_FOLDERS:
+      continue
+    source = os.path.join(repo, name)
     if os.path.isfile(source):
       os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
       shutil.copy2(source, os.path.join(dest, name))
@@ -320,6 +329,7 @@ def readme_runs(tmp_path_factory):
   """{command: CompletedProcess (None for a server)}, every runnable command run in order."""
   root = str(tmp_path_factory.mktemp("clone"))
   _copy_repository(root)
+  assert not any(os.path.exists(os.path.join(root, f)) for f in INPUT_FOLDERS)
   env = _user_environment(str(tmp_path_factory.mktemp("home")))
   outcomes = {}
   for command in RUNNABLE:
@@ -341,6 +351,28 @@ def test_the_readme_documents_the_main_job_and_its_modes():
   assert f"{PREFIX}.main --config=configs/digits.py --workdir=runs/digits" in RUNNABLE
   assert any(_module(c) == "ucsh_jax.baselines" for c in RUNNABLE)
   assert any(_module(c) == "ucsh_jax.data.prepare" for c in RUNNABLE)
+
+
+def test_a_users_own_photos_and_downloads_are_ignored_and_never_copied(tmp_path):
+  # The README's input folders are ignored by git in this repository...
+  ignored = subprocess.run(["git", "check-ignore", "photos/cats/000.jpg",
+                            "downloads/cifar-10-python.tar.gz"], cwd=REPO, capture_output=True,
+                           text=True)
+  assert ignored.stdout.split() == ["photos/cats/000.jpg", "downloads/cifar-10-python.tar.gz"]
+  # ...and the copy leaves them out even where git would list them (tracked, or not ignored).
+  checkout, dest = tmp_path / "checkout", tmp_path / "copy"
+  for name in ("README.md", "photos/cats/000.jpg", "downloads/cifar-10-python.tar.gz",
+               "downloads_notes.txt", "tests/photos/keep.txt"):
+    os.makedirs(os.path.dirname(checkout / name), exist_ok=True)
+    (checkout / name).write_text(name)
+  subprocess.run(["git", "init", "-q"], cwd=checkout, check=True)
+  subprocess.run(["git", "add", "README.md", "photos"], cwd=checkout, check=True)
+  _copy_repository(str(dest), repo=str(checkout))
+  copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+  assert copied == ["README.md", "downloads_notes.txt", "tests/photos/keep.txt"]
+  # The test's own inputs are made in the copy.
+  make_inputs("python -m ucsh_jax.main --config.data.path=photos", str(dest))
+  assert sorted(os.listdir(dest / "photos")) == ["cats", "dogs", "owls"]
 
 
 def test_every_runnable_command_has_a_check():

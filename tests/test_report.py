@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import matplotlib.text
 import numpy as np
 import PIL.Image
 import pytest
@@ -152,7 +153,7 @@ def test_figures_draw_the_curves_with_map_in_the_legend(report):
   lines = fig.axes[0].get_lines()
   np.testing.assert_array_equal(lines[1].get_xdata(), itq.ks_P)
   np.testing.assert_array_equal(lines[1].get_ydata(), itq.precision_at_k_P)
-  legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+  legend = [t.get_text() for t in fig.legends[0].get_texts()]
   assert legend == [f"UCSH (MAP@all {ucsh.map:.3f})", f"ITQ (MAP@all {itq.map:.3f})"]
   pr = plots.precision_recall([ucsh]).axes[0].get_lines()[0]
   np.testing.assert_array_equal(pr.get_xdata(), ucsh.recall_R)
@@ -237,6 +238,46 @@ def test_chromium_draws_every_image_and_a_non_blank_page(report, tmp_path):
   not_white = np.any(pixels < 235, axis=-1)
   assert 0.03 < not_white.mean() < 0.9, f"{not_white.mean():.3f} of the screenshot is drawn"
   assert len(np.unique(pixels.reshape(-1, 3) // 32, axis=0)) > 8  # Plots in colour, not one tone.
+
+
+# The smallest text a report figure may show, in CSS points as drawn at 100 % zoom (the page's
+# body text is 12 pt).
+MIN_READABLE_PT = 10
+
+
+def test_figure_texts_are_readable_at_the_size_the_page_draws_them(report, tmp_path,
+                                                                   monkeypatch):
+  workdir, _, page_path = report
+  figures, save = {}, plots.save
+  monkeypatch.setattr(plots, "save", lambda fig, path: figures.setdefault(
+      os.path.basename(path), fig) and save(fig, path))
+  assert build.write_report(workdir) == page_path
+  assert set(figures) == PLOTS
+  probe = os.path.join(os.path.dirname(page_path), "probe.html")
+  with open(probe, "w") as f:
+    f.write(_read(page_path).replace("</body>", _PROBE + "</body>"))
+  dom = _chromium("--dump-dom", "--window-size=1280,1600", f"file://{probe}",
+                  user_data_dir=tmp_path / "profile").stdout
+  os.remove(probe)
+  drawn = {d[0]: [int(v) for v in d[1:]] for d in
+           (line.split() for line in _parse(dom).probe.strip().splitlines())}
+  texts = set()
+  for name, fig in figures.items():
+    natural_width, _, width, _ = drawn[name]
+    inches = fig.get_figwidth()
+    assert natural_width == round(inches * plots.SAVE_DPI), name
+    # A figure inch is drawn at `width / inches` CSS pixels; a CSS point is 96 / 72 pixels.
+    scale = width / (inches * 96)
+    for text in fig.findobj(matplotlib.text.Text):
+      if text.get_visible() and text.get_text().strip():
+        shown_pt = text.get_fontsize() * scale
+        assert shown_pt >= MIN_READABLE_PT, (name, text.get_text(), f"{shown_pt:.1f} pt")
+        texts.add((name, text.get_text()))
+  # What the issue found too small: the legends, the s_t and the heat map's axis labels.
+  assert {("threshold.png", "s_t"), ("cluster_sizes.png", "cluster j"),
+          ("cluster_sizes.png", "images in the cluster"),
+          ("epoch_changes.png", plots.CHANGE_TERMS["assignments_changed"])} <= texts
+  assert any(n == "pr_16.png" and t.startswith("UCSH (MAP@all ") for n, t in texts)
 
 
 def test_compared_runs_with_other_splits_or_topk_are_refused(report, tmp_path):

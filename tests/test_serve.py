@@ -1,6 +1,9 @@
 """`python -m ucsh_jax.serve` over loopback on a tiny image-folder run: uploads, refusals,
 thumbnails by id only, the page in headless Chromium."""
 
+import base64
+import dataclasses
+import html.parser
 import http.client
 import io
 import json
@@ -23,7 +26,9 @@ import tiny_runs
 from ucsh_jax import search
 from ucsh_jax import searcher as searcher_lib
 from ucsh_jax import serve
+from ucsh_jax import thumbnails
 from ucsh_jax.data import images
+from ucsh_jax.report import gallery
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,6 +205,143 @@ def test_page_upload_form_and_query_results_render_in_chromium(run, server, tmp_
   assert coloured.mean() > 0.02, coloured.mean()
 
 
+class _Figures(html.parser.HTMLParser):
+  """The <figure> attributes of a page, each with its <img> src and the <pre id=probe> text."""
+
+  def __init__(self):
+    super().__init__()
+    self.figures, self.probe, self._in_probe = [], "", False
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    if tag == "figure":
+      self.figures.append(dict({"class": ""}, **attrs, img=None))
+    elif tag == "img" and self.figures:
+      self.figures[-1]["img"] = attrs["src"]
+    self._in_probe = tag == "pre" and attrs.get("id") == "probe"
+
+  def handle_data(self, data):
+    if self._in_probe:
+      self.probe += data
+
+
+def _figures(text):
+  parsed = _Figures()
+  parsed.feed(text)
+  return parsed
+
+
+# Appended to a saved page: after load, each figure's frame colour and its image's drawn size.
+_PROBE = """<script>
+window.addEventListener("load", () => {
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = Array.from(document.querySelectorAll("figure"), (f) => {
+    const img = f.querySelector("img");
+    return [f.className.replace(/ /g, ".") || "-", getComputedStyle(f).borderTopColor.replace(/ /g, ""),
+            img ? img.naturalWidth : 0, img ? img.naturalHeight : 0].join(" ");
+  }).join("\\n");
+  document.body.appendChild(pre);
+});
+</script>"""
+GREEN, RED = "rgb(46,125,50)", "rgb(198,40,40)"
+
+
+def _probe_in_chromium(server, page, tmp_path):
+  """[(classes joined by ".", frame colour, natural width, natural height)] of the figures of
+  `page` (HTML bytes from `server`) as Chromium draws them."""
+  path = tmp_path / "probe.html"
+  path.write_text(page.decode().replace("<head>", f'<head><base href="{server}">')
+                  .replace("</body>", _PROBE + "</body>"))
+  dom = browser.run("--virtual-time-budget=10000", "--dump-dom", f"file://{path}",
+                    user_data_dir=tmp_path / "profile", timeout_s=120).stdout
+  return [line.split() for line in _figures(dom).probe.strip().splitlines()]
+
+
+def test_results_are_framed_green_or_red_by_a_shared_label(run, server, tmp_path):
+  status, _, page = _request(server, "GET", "/?query_index=1&topk=40")
+  assert status == 200
+  figures = _figures(page.decode()).figures
+  hits = [f for f in figures if f["class"].startswith("hit")]
+  assert len(hits) == 40
+  codes = np.load(run / "run" / "codes.npz")
+  query_folder = os.path.basename(os.path.dirname(
+      searcher_lib.item_path(searcher_lib.Searcher.from_workdir(str(run / "run")).run.source,
+                             int(codes["query_ids"][1]))))
+  # Relevant = the item's class folder is the query's (the labels of an image folder).
+  expected = [hit["data-relevant"] == "1" for hit in hits]
+  assert [f"/{query_folder}/" in s for s in _hit_paths(server, 1, 40)] == expected
+  assert [hit["class"] for hit in hits] == [
+      "hit relevant" if r else "hit irrelevant" for r in expected]
+  assert True in expected and False in expected
+  drawn = [d for d in _probe_in_chromium(server, page, tmp_path) if d[0].startswith("hit")]
+  assert [d[1] for d in drawn] == [GREEN if r else RED for r in expected]
+  assert all(int(d[2]) > 0 for d in drawn)  # The thumbnails were drawn.
+
+  shot = tmp_path / "marks.png"
+  browser.run(f"--screenshot={shot}", "--window-size=1000,1400",
+              f"{server}?query_index=1&topk=40", user_data_dir=tmp_path / "profile",
+              timeout_s=120)
+  pixels = np.asarray(PIL.Image.open(shot).convert("RGB")).astype(np.int32)
+  for colour in ((46, 125, 50), (198, 40, 40)):  # Both frames on screen, 4 px wide.
+    assert (np.abs(pixels - colour).max(-1) <= 2).sum() > 1000, colour
+
+
+def _hit_paths(server, query_index, topk):
+  _, found = _json(_request(server, "POST",
+                            f"/api/search?query_index={query_index}&topk={topk}"))
+  return [hit["path"] for hit in found[0]["results"]]
+
+
+def test_an_uploaded_image_is_shown_as_the_query_and_its_results_carry_no_mark(run, server,
+                                                                                tmp_path):
+  data = (run / "images" / "red" / "2.jpg").read_bytes()
+  status, _, page = _upload(server, data, "2.jpg", path="/")
+  assert status == 200
+  figures = _figures(page.decode()).figures
+  (query,) = [f for f in figures if "query" in f["class"].split()]
+  assert query["class"] == "query upload"
+  prefix = "data:image/png;base64,"
+  assert query["img"].startswith(prefix)
+  shown = np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(query["img"][len(prefix):]))))
+  expected = np.asarray(thumbnails.from_array(images.decode_rgb(data, "2.jpg")))
+  np.testing.assert_array_equal(shown, expected)
+  hits = [f for f in figures if f["class"].startswith("hit")]
+  assert len(hits) == 10 and all(f["class"] == "hit" for f in hits)  # No label: no mark.
+  assert all("data-relevant" not in f for f in hits)
+  assert b"This query has no label" in page
+  drawn = _probe_in_chromium(server, page, tmp_path)
+  (upload,) = [d for d in drawn if d[0] == "query.upload"]
+  assert upload[2:] == [str(expected.shape[1]), str(expected.shape[0])]  # Decoded by Chromium.
+
+
+def _placeholder_ink(page: str, tmp_path, wide: bool) -> int:
+  """Dark pixels of the query-number input drawn alone (its frame transparent), at its own
+  width or at a width that fits any text."""
+  css = ("<style>body * { visibility: hidden !important; } input[name=query_index] { "
+         "visibility: visible !important; position: fixed !important; left: 10px; top: 10px; "
+         "border-color: transparent !important; outline: none !important; "
+         f"background: #fff !important; {'width: 40em !important;' if wide else ''} }}</style>")
+  path, shot = tmp_path / "input.html", tmp_path / f"input_{wide}.png"
+  path.write_text(page.replace("</head>", css + "</head>"))
+  browser.run(f"--screenshot={shot}", "--window-size=800,60", f"file://{path}",
+              user_data_dir=tmp_path / "profile", timeout_s=120)
+  pixels = np.asarray(PIL.Image.open(shot).convert("L"))
+  return int((pixels < 200).sum())
+
+
+@pytest.mark.parametrize("num_query", [8, 300, 12345])
+def test_the_query_number_placeholder_is_drawn_whole(run, tmp_path, num_query):
+  searcher = searcher_lib.Searcher.from_workdir(str(run / "run"))
+  searcher.run = dataclasses.replace(
+      searcher.run, splits=searcher.run.splits._replace(query=np.arange(num_query) % 100))
+  service = serve.Service(searcher, topk=5, max_pixels=images.MAX_QUERY_PIXELS)
+  page = serve.create_app(service).test_client().get("/").data.decode()
+  assert f'placeholder="0..{num_query - 1}"' in page
+  ink = _placeholder_ink(page, tmp_path, wide=False)
+  assert ink > 20 and ink == _placeholder_ink(page, tmp_path, wide=True)
+
+
 @pytest.mark.parametrize("host, port, message", [
     ("127.0.0.1", None, "port {port} on 127.0.0.1 is in use by another program"),
     ("127.0.0.1", 70000, "--port=70000: a port is a number from 0 to 65535"),
@@ -252,3 +394,11 @@ def test_features_run_page_shows_no_images_and_refuses_uploads(run, tmp_path):
   assert response.status_code == 200 and len(answer["results"]) == 3
   for hit in answer["results"]:
     assert hit["label"] == np.flatnonzero(labels[hit["id"]]).tolist()
+  # The page frames each result by a shared label of the multi-hot rows.
+  page = client.get("/?query_index=3&topk=100").data.decode()
+  hits = [f for f in _figures(page).figures if f["class"].startswith("hit")]
+  query_item = int(searcher_lib.Searcher.from_workdir(workdir).run.splits.query[3])
+  (answer,) = client.post("/api/search?query_index=3&topk=100").get_json()
+  relevant = gallery.shares_label(labels[query_item], labels[[h["id"] for h in answer["results"]]])
+  assert [h["data-relevant"] for h in hits] == [str(int(r)) for r in relevant]
+  assert True in relevant and False in relevant

@@ -2,6 +2,7 @@
 
   GET  /                    the page: upload an image or pick one of the run's queries
   GET  /?query_index=N      the page with the results of the run's N-th query
+  POST /                    the page with the results of an upload (shown as the query)
   POST /api/search?topk=K   multipart field `image` (or query parameter `query_index`): the
                             JSON list that `python -m ucsh_jax.search --json` prints
   GET  /image/ID            PNG thumbnail of item ID of the run's data set (nothing else)
@@ -11,8 +12,13 @@ refuses what a public service would, with a 4xx and JSON `{"error": ...}`: an up
 MAX_UPLOAD_BYTES, a file that is not an image, an image of more than images.MAX_QUERY_PIXELS
 pixels (checked from its header, before decoding). Images are looked up by id in the run's data
 set, never by a path from the request.
+
+Where the query and the results have labels (a query of the run, a labelled data set), each
+result is framed green when it shares a label with the query and red when it does not, as in
+the report's gallery.
 """
 
+import base64
 import errno
 import socket
 import threading
@@ -78,6 +84,22 @@ def _topk(value: Optional[str], default: int) -> int:
   return int(value)
 
 
+def shares_label(query_label: Any, hit_label: Any) -> Optional[bool]:
+  """Whether a result shares a label with the query (labels as in a search answer: an int, or
+  a list of a multi-hot row's classes); None where either has no label."""
+  if query_label is None or hit_label is None:
+    return None
+  as_set = lambda label: set(label) if isinstance(label, list) else {label}
+  return bool(as_set(query_label) & as_set(hit_label))
+
+
+def data_url(pixels: np.ndarray) -> str:
+  """A PNG thumbnail of uint8 RGB `pixels` as a data: URL (an upload shown on the page; PNG
+  made from the decoded pixels, never the uploaded bytes)."""
+  png = thumbnails.png_bytes(thumbnails.from_array(pixels))
+  return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def _query_index(value: str, num_query: int) -> int:
   if not value.isdigit() or int(value) >= num_query:
     raise BadRequest(400, f"query_index must be an integer from 0 to {num_query - 1}, "
@@ -104,9 +126,14 @@ class Service:
 
   def answer(self, request: flask.Request) -> List[Dict[str, Any]]:
     """The search answer to an upload (`image`) or a `query_index`, as `search --json`."""
+    return self.answer_and_upload(request)[0]
+
+  def answer_and_upload(
+      self, request: flask.Request) -> Tuple[List[Dict[str, Any]], Optional[np.ndarray]]:
+    """`answer(request)` and the uploaded image's decoded pixels (None for a query_index)."""
     topk = _topk(request.args.get("topk") or request.form.get("topk"), self.topk)
     index = request.args.get("query_index") or request.form.get("query_index")
-    upload = request.files.get("image")
+    upload, pixels = request.files.get("image"), None
     if upload is not None and upload.filename:
       pixels = decode_upload(upload.read(), self.max_pixels)
       query = {"name": upload.filename, "id": None, "label": None, "path": None}
@@ -119,7 +146,7 @@ class Service:
       raise BadRequest(400, "send an image file in the field 'image' or a query_index")
     with self.lock:
       hits = self.searcher.search(codes, topk)[0]
-    return [{"query": query, "results": hits}]
+    return [{"query": query, "results": hits}], pixels
 
   def thumbnail_png(self, item: int) -> bytes:
     if not self.pixels:
@@ -143,13 +170,17 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
   app = flask.Flask(__name__)
   app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
 
-  def page(found: Optional[List[Dict[str, Any]]], error: Optional[str], status: int):
+  def page(found: Optional[List[Dict[str, Any]]], error: Optional[str], status: int,
+           upload: Optional[np.ndarray] = None):
     queries = searcher.run.splits.query
     strip = [(n, int(queries[n])) for n in range(min(_QUERY_STRIP, len(queries)))]
+    placeholder = f"0..{len(queries) - 1}"
     html = flask.render_template_string(
         _PAGE, found=found, error=error, strip=strip, num_query=len(queries),
-        pixels=service.pixels, label_text=service.label_text, topk=service.topk,
-        workdir=searcher.run.workdir, kind=searcher.kind)
+        placeholder=placeholder, pixels=service.pixels, label_text=service.label_text,
+        topk=service.topk, workdir=searcher.run.workdir, kind=searcher.kind,
+        shares_label=shares_label, upload_src=None if upload is None else data_url(upload),
+        labelled=searcher.collection.source.labels is not None)
     return html, status
 
   @app.get("/")
@@ -161,7 +192,8 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
   @app.post("/")
   def search_page():
     try:
-      return page(service.answer(flask.request), None, 200)
+      found, upload = service.answer_and_upload(flask.request)
+      return page(found, None, 200, upload)
     except BadRequest as e:
       return page(None, str(e), e.status)
     except errors.UserError as e:
@@ -245,11 +277,15 @@ _PAGE = """<!doctype html>
  h1 { font-size: 1.3em; } .muted { color: #666; font-size: 0.9em; }
  .error { background: #fdd; border: 1px solid #c66; padding: 0.5em; }
  .grid { display: flex; flex-wrap: wrap; gap: 10px; }
- figure { margin: 0; padding: 6px; background: #fff; border: 1px solid #ddd; width: 110px; }
+ figure { margin: 0; padding: 6px; background: #fff; border: 4px solid #ddd; width: 110px; }
  figure img { width: 96px; height: 96px; object-fit: contain; background: #eee;
               image-rendering: pixelated; display: block; }
  figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
- .query { border-color: #36c; }
+ figure.query { border-color: #1565c0; }
+ figure.relevant { border-color: #2e7d32; } figure.irrelevant { border-color: #c62828; }
+ .relevant .mark { color: #2e7d32; } .irrelevant .mark { color: #c62828; }
+ .key-relevant { color: #2e7d32; font-weight: bold; }
+ .key-irrelevant { color: #c62828; font-weight: bold; }
 </style></head><body>
 <h1>UCSH search</h1>
 <p class="muted">{{ workdir }}</p>
@@ -257,7 +293,7 @@ _PAGE = """<!doctype html>
  {% if kind == "image" %}<label>Image <input type="file" name="image"
    accept="image/*"></label>{% endif %}
  <label>or query <input type="number" name="query_index" min="0" max="{{ num_query - 1 }}"
-   placeholder="0..{{ num_query - 1 }}"></label>
+   placeholder="{{ placeholder }}" style="width: calc({{ placeholder|length }}ch + 3em)"></label>
  <label>top <input type="number" name="topk" min="1" value="{{ topk }}" style="width:4em"></label>
  <button type="submit">Search</button>
 </form>
@@ -268,12 +304,23 @@ _PAGE = """<!doctype html>
 {% if error %}<p class="error">{{ error }}</p>{% endif %}
 {% for answer in found or [] %}
  <h2>Results for {{ answer.query.name }}</h2>
+ {% if answer.query.label is not none and labelled %}<p class="muted">Frames:
+   <span class="key-relevant">green</span> = shares a label with the query,
+   <span class="key-irrelevant">red</span> = does not.</p>
+ {% elif labelled %}<p class="muted">This query has no label: the results carry no mark of
+   relevance.</p>{% endif %}
  <div class="grid">
- {% if pixels and answer.query.id is not none %}<figure class="query"><img
+ {% if upload_src %}<figure class="query upload"><img src="{{ upload_src }}"
+   alt="your image"><figcaption>query: your image</figcaption></figure>
+ {% elif pixels and answer.query.id is not none %}<figure class="query"><img
    src="/image/{{ answer.query.id }}" alt="query"><figcaption>query, label
    {{ label_text(answer.query.label) }}</figcaption></figure>{% endif %}
- {% for hit in answer.results %}<figure>{% if pixels %}<img src="/image/{{ hit.id }}"
-   alt="item {{ hit.id }}">{% endif %}<figcaption>#{{ loop.index }} id {{ hit.id }}<br>
+ {% for hit in answer.results %}{% set relevant = shares_label(answer.query.label, hit.label)
+ %}<figure class="hit{% if relevant is not none %} {{ "relevant" if relevant else "irrelevant"
+   }}" data-relevant="{{ relevant|int }}{% endif %}">{% if pixels %}<img src="/image/{{ hit.id }}"
+   alt="item {{ hit.id }}">{% endif %}<figcaption>{% if relevant is not none %}<span
+   class="mark">{{ "&#10003; shared label"|safe if relevant else "&#10007; no shared label"|safe
+   }}</span><br>{% endif %}#{{ loop.index }} id {{ hit.id }}<br>
    distance {{ hit.distance }}<br>label {{ label_text(hit.label) }}
    {% if hit.path %}<br>{{ hit.path.rsplit("/", 1)[-1] }}{% endif %}</figcaption></figure>
  {% endfor %}</div>

@@ -27,8 +27,7 @@ _STYLE = """
 body { font-family: sans-serif; margin: 1em; color: #222; max-width: 1500px; }
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
-.plots img { width: 320px; height: auto; border: 1px solid #eee; }
-.plots img.wide { width: 1000px; }
+.plots img { border: 1px solid #eee; max-width: none; }
 .gallery-row { display: flex; gap: 6px; margin-bottom: 8px; align-items: flex-start; }
 figure { margin: 0; text-align: center; font-size: 12px; }
 figure img { width: 64px; height: 64px; image-rendering: pixelated; border: 4px solid #999; }
@@ -36,7 +35,7 @@ figure.query img { border-color: #1565c0; }
 figure.relevant img { border-color: #2e7d32; }
 figure.irrelevant img { border-color: #c62828; }
 figure.query { margin-right: 14px; }
-table { border-collapse: collapse; align-self: flex-start; }
+table { border-collapse: collapse; margin-bottom: .8em; }
 td, th { padding: 2px 10px; text-align: left; }
 """
 
@@ -69,22 +68,24 @@ def _cluster_matrix(scalars: Dict[str, events.Series]) -> Optional[Tuple[np.ndar
   return steps, np.stack([scalars[t][1] for t in tags], axis=1)
 
 
-def _img(name: str, alt: str, wide: bool = False) -> str:
-  css = ' class="wide"' if wide else ""
+def _img(saved: Tuple[str, Tuple[int, int]], alt: str) -> str:
+  """A saved figure (its file name, its display size in CSS pixels), shown at that size: one
+  figure inch per CSS inch, so its fonts are drawn at their point sizes."""
+  name, (width, height) = saved
   src = html.escape(name)
-  return f'<a href="{src}"><img src="{src}" alt="{html.escape(alt)}"{css}></a>'
+  return (f'<a href="{src}"><img src="{src}" alt="{html.escape(alt)}" width="{width}" '
+          f'height="{height}"></a>')
 
 
-def _save(fig, out_dir: str, name: str) -> str:
-  plots.save(fig, os.path.join(out_dir, name))
-  return name
+def _save(fig, out_dir: str, name: str) -> Tuple[str, Tuple[int, int]]:
+  return name, plots.save(fig, os.path.join(out_dir, name))
 
 
 def _training_section(workdir: str, out_dir: str, steps_per_epoch: int) -> str:
   scalars = events.read_scalars(workdir)
   images = []
   if any(t in scalars for t in plots.LOSS_TERMS):
-    images.append(_img(_save(plots.losses(scalars), out_dir, "losses.png"), "loss terms", True))
+    images.append(_img(_save(plots.losses(scalars), out_dir, "losses.png"), "loss terms"))
   if "threshold" in scalars:
     images.append(_img(_save(plots.threshold(*scalars["threshold"], steps_per_epoch), out_dir,
                              "threshold.png"), "threshold s_t"))
@@ -118,8 +119,8 @@ def _retrieval_section(groups: Dict[int, List[runs.MethodCodes]], out_dir: str):
     rows = "".join(f"<tr><td>{html.escape(c.label)}</td><td>{c.map:.4f}</td></tr>"
                    for c in computed[bits])
     label = tables.map_label(computed[bits][0].topk)
-    parts.append(f'<h3 id="bits-{bits}">{bits} bits</h3><div class="plots"><table><tr>'
-                 f'<th>method</th><th>{label}</th></tr>{rows}</table>{"".join(images)}</div>')
+    parts.append(f'<h3 id="bits-{bits}">{bits} bits</h3><table><tr><th>method</th>'
+                 f'<th>{label}</th></tr>{rows}</table><div class="plots">{"".join(images)}</div>')
   return "\n".join(parts), computed
 
 
@@ -141,8 +142,9 @@ def write_report(workdir: str, compare: Sequence[str] = ()) -> str:
   steps_per_epoch = len(np.load(os.path.join(workdir, "splits", "train.npy"))) // config.batch_size
   training = _training_section(workdir, out_dir, steps_per_epoch)
   balance = curves_lib.bit_balance(main.codes["database_codes"])
-  _save(plots.bit_balance(balance, f"{main.label}: fraction of +1 per bit (database codes)"),
-        out_dir, "bit_balance.png")
+  bit_balance = _save(plots.bit_balance(
+      balance, f"{main.label}: fraction of +1 per bit (database codes)"), out_dir,
+                      "bit_balance.png")
   source = data.get_source(config.data)
   gallery_rows = gallery.rows(main)
   gallery_html = gallery.render(gallery_rows, source, out_dir)
@@ -163,7 +165,7 @@ def write_report(workdir: str, compare: Sequence[str] = ()) -> str:
 <h2 id="training">Training</h2>
 {training}
 <h2 id="codes">Code-bit balance</h2>
-<div class="plots">{_img("bit_balance.png", "bit balance")}</div>
+<div class="plots">{_img(bit_balance, "bit balance")}</div>
 <h2 id="gallery">Retrieval gallery</h2>
 <p>{len(gallery_rows)} queries (seed {gallery.SEED}), each followed by its top
 {len(gallery_rows[0].neighbour_ids_K)} neighbours by Hamming distance (under each):

@@ -1,6 +1,12 @@
-"""The report's figures (matplotlib, Agg backend): each function returns one Figure."""
+"""The report's figures (matplotlib, Agg backend): each function returns one Figure.
 
-from typing import Dict, Mapping, Optional, Sequence
+The page shows a figure at DISPLAY_DPI CSS pixels per figure inch (its PNG holds SAVE_DPI
+pixels per inch, sharp on high-density screens), so a font of n points is drawn at n CSS points
+at 100 % zoom: no text is smaller than MIN_FONT_PT (tick labels, legends), axis labels are
+LABEL_PT and titles TITLE_PT.
+"""
+
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -12,15 +18,47 @@ from ucsh_jax import tables
 from ucsh_jax.report import curves as curves_lib
 from ucsh_jax.report import events
 
-_SIZE = (6.0, 4.2)
+_SIZE = (4.0, 3.0)
+DISPLAY_DPI = 96  # CSS pixels per inch: the page draws a figure at its size in inches.
+SAVE_DPI = 2 * DISPLAY_DPI
+MIN_FONT_PT, LABEL_PT, TITLE_PT = 10, 11, 12
 # The train step's scalars (train_step.py), in panel order; the VAE term and its two parts.
 LOSS_TERMS = ("loss", "loss_l2", "loss_clustering", "loss_separating", "loss_vae",
               "loss_reconstruction", "loss_kl")
 _LOSS_COLUMNS = 4
 
 
+def _readable(fig: figure_lib.Figure) -> figure_lib.Figure:
+  """Sets every text of `fig` to the report's sizes (tick labels and legends MIN_FONT_PT)."""
+  for ax in fig.axes:
+    ax.tick_params(labelsize=MIN_FONT_PT)
+    for axis in (ax.xaxis, ax.yaxis):
+      axis.label.set_fontsize(LABEL_PT)
+      axis.get_offset_text().set_fontsize(MIN_FONT_PT)
+    ax.title.set_fontsize(TITLE_PT)
+    legend = ax.get_legend()
+    if legend is not None:
+      for text in legend.get_texts():
+        text.set_fontsize(MIN_FONT_PT)
+  for legend in fig.legends:
+    for text in legend.get_texts():
+      text.set_fontsize(MIN_FONT_PT)
+  if fig._suptitle is not None:  # pylint: disable=protected-access
+    fig._suptitle.set_fontsize(TITLE_PT)  # pylint: disable=protected-access
+  return fig
+
+
+def _legend_below(fig: figure_lib.Figure, ax) -> figure_lib.Figure:
+  """The axes' legend under the plot (never over the curves), the figure taller to hold it."""
+  handles, labels = ax.get_legend_handles_labels()
+  width, height = fig.get_size_inches()
+  fig.set_size_inches(width, height + 0.25 * len(labels))  # One entry a line.
+  fig.legend(handles, labels, loc="outside lower center", fontsize=MIN_FONT_PT, frameon=False)
+  return fig
+
+
 def _axes(title: str, xlabel: str, ylabel: str, size=_SIZE):
-  fig = figure_lib.Figure(figsize=size, dpi=100, layout="constrained")
+  fig = figure_lib.Figure(figsize=size, dpi=DISPLAY_DPI, layout="constrained")
   ax = fig.add_subplot()
   ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
   ax.grid(alpha=0.3)
@@ -39,13 +77,12 @@ def _legend_label(c: curves_lib.Curves) -> str:
 def precision_recall(group: Sequence[curves_lib.Curves],
                      colors: Optional[Mapping[str, str]] = None) -> figure_lib.Figure:
   """Precision against recall of Hamming-ball retrieval, one point per radius 0..k."""
-  fig, ax = _axes(f"Precision-recall over Hamming radii, {group[0].bits} bits", "recall",
+  fig, ax = _axes(f"Precision-recall, {group[0].bits} bits", "recall",
                   "precision")
   for c in group:
     ax.plot(c.recall_R, c.precision_R, marker=".", label=_legend_label(c), **_color(c, colors))
   ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
-  ax.legend(fontsize="small")
-  return fig
+  return _readable(_legend_below(fig, ax))
 
 
 def precision_at_k(group: Sequence[curves_lib.Curves],
@@ -55,22 +92,20 @@ def precision_at_k(group: Sequence[curves_lib.Curves],
   for c in group:
     ax.plot(c.ks_P, c.precision_at_k_P, label=_legend_label(c), **_color(c, colors))
   ax.set(ylim=(0, 1.02))
-  ax.legend(fontsize="small")
-  return fig
+  return _readable(_legend_below(fig, ax))
 
 
 def precision_within_radius(group: Sequence[curves_lib.Curves],
                             colors: Optional[Mapping[str, str]] = None) -> figure_lib.Figure:
   """Precision of the items within Hamming distance r against r."""
-  fig, ax = _axes(f"Precision within Hamming radius r, {group[0].bits} bits", "radius r",
+  fig, ax = _axes(f"Precision within radius r, {group[0].bits} bits", "radius r",
                   "precision")
   for c in group:
     ax.plot(np.arange(c.bits + 1), c.precision_R, marker=".", label=_legend_label(c),
             **_color(c, colors))
   ax.axvline(2, color="gray", linestyle=":", linewidth=1)
   ax.set(ylim=(0, 1.02))
-  ax.legend(fontsize="small")
-  return fig
+  return _readable(_legend_below(fig, ax))
 
 
 def losses(scalars: Dict[str, events.Series]) -> figure_lib.Figure:
@@ -78,7 +113,7 @@ def losses(scalars: Dict[str, events.Series]) -> figure_lib.Figure:
   terms = [t for t in LOSS_TERMS if t in scalars]
   columns = min(len(terms), _LOSS_COLUMNS)
   rows = -(-len(terms) // columns)
-  fig = figure_lib.Figure(figsize=(3.2 * columns, 2.6 * rows + 0.4), dpi=100,
+  fig = figure_lib.Figure(figsize=(2.75 * columns, 2.5 * rows + 0.5), dpi=DISPLAY_DPI,
                           layout="constrained")
   for i, term in enumerate(terms):
     ax = fig.add_subplot(rows, columns, i + 1)
@@ -87,14 +122,14 @@ def losses(scalars: Dict[str, events.Series]) -> figure_lib.Figure:
     ax.set(title=term, xlabel="step")
     ax.grid(alpha=0.3)
   fig.suptitle("Loss terms per logging interval")
-  return fig
+  return _readable(fig)
 
 
 def threshold(steps: np.ndarray, values: np.ndarray, steps_per_epoch: int) -> figure_lib.Figure:
   """The similarity threshold s_t estimated at the start of each epoch."""
   fig, ax = _axes("Similarity threshold s_t per epoch", "epoch", "s_t")
   ax.plot(steps // max(steps_per_epoch, 1), values, marker="o")
-  return fig
+  return _readable(fig)
 
 
 # Scalars of `epoch_state.changes`, logged from the second epoch on, with their legends.
@@ -110,8 +145,7 @@ def epoch_changes(scalars, steps_per_epoch: int) -> figure_lib.Figure:
     if tag in scalars:
       steps, values = scalars[tag]
       ax.plot(steps // max(steps_per_epoch, 1), values, marker="o", label=label)
-  ax.legend()
-  return fig
+  return _readable(_legend_below(fig, ax))
 
 
 def cluster_sizes(epochs: np.ndarray, sizes_ExN: np.ndarray) -> figure_lib.Figure:
@@ -121,14 +155,14 @@ def cluster_sizes(epochs: np.ndarray, sizes_ExN: np.ndarray) -> figure_lib.Figur
                     extent=(epochs[0] - 0.5, epochs[-1] + 0.5, -0.5, sizes_ExN.shape[1] - 0.5))
   ax.grid(False)
   fig.colorbar(image, ax=ax, label="images in the cluster")
-  return fig
+  return _readable(fig)
 
 
 def smallest_cluster(epochs: np.ndarray, smallest: np.ndarray) -> figure_lib.Figure:
   """The size of the smallest k-means cluster at the start of each epoch."""
   fig, ax = _axes("Smallest cluster size per epoch", "epoch", "images")
   ax.plot(epochs, smallest, marker="o")
-  return fig
+  return _readable(fig)
 
 
 def bit_balance(fractions_K: np.ndarray, title: str) -> figure_lib.Figure:
@@ -137,8 +171,16 @@ def bit_balance(fractions_K: np.ndarray, title: str) -> figure_lib.Figure:
   ax.bar(np.arange(len(fractions_K)), fractions_K, color="tab:blue")
   ax.axhline(0.5, color="gray", linestyle="--", linewidth=1)
   ax.set(ylim=(0, 1))
-  return fig
+  return _readable(fig)
 
 
-def save(fig: figure_lib.Figure, path: str) -> None:
-  fig.savefig(path)
+def display_size(fig: figure_lib.Figure) -> Tuple[int, int]:
+  """(width, height) in CSS pixels at which the page shows `fig` (DISPLAY_DPI per inch)."""
+  width, height = fig.get_size_inches()
+  return round(width * DISPLAY_DPI), round(height * DISPLAY_DPI)
+
+
+def save(fig: figure_lib.Figure, path: str) -> Tuple[int, int]:
+  """Writes `fig` as a PNG of SAVE_DPI pixels per inch; returns its display_size."""
+  fig.savefig(path, dpi=SAVE_DPI)
+  return display_size(fig)
