@@ -17,6 +17,9 @@ Feature files (:features): the hash layer straight on the vectors (no trainable 
 initialisation) with the same schedule: 300 epochs (31 steps an epoch on 1,000 training items,
 9,300 steps), lr 1e-4 then 1e-5 from epoch 120; about 20 s a run on a CPU. (A larger rate
 gains little on the dev features and 1e-2 diverges.)
+Dev features (MAP@1000, seeds 0-2, 16/32/64 bits): 0.122 +- 0.001 / 0.131 +- 0.001 /
+0.144 +- 0.001, below LSH, as a loop written separately from the authors' script gives on
+the same data (0.125 / 0.134 / 0.146, seed 0).
 """
 
 from typing import Optional

@@ -19,6 +19,8 @@ and batch at lr 3e-4 (3x the authors') for 1,000 epochs: on 1,000 training items
 epoch) lr x steps = 31,000 x 3e-4 = 9.3, the authors' 93,780 x 1e-4 = 9.4 at 32 and 64 bits,
 in under a minute a run on a CPU. (lr 1e-3 diverges at 16 bits on the dev features, whose
 values reach 150: the cubic penalty's gradient grows with |h|^2.)
+Dev features (MAP@1000, seeds 0-2, 16/32/64 bits): 0.194 +- 0.002 / 0.187 +- 0.003 /
+0.187 +- 0.002, 45-100 s a run on a loaded 2-core machine.
 """
 
 from typing import Optional
