@@ -53,11 +53,11 @@ class Reporter:
     scalars = {k: float(np.asarray(v)) for k, v in self._interval.compute().items()}
     self._interval = None
     eta_s = (self._total - step) / max(steps_per_s, 1e-9)
-    logging.info("step %d/%d  loss %.4f  (l2 %.4f vae %.4f clu %.4f sep %.4f)  "
-                 "%.2f steps/s  %.1f images/s  ETA %s", step, self._total, scalars["loss"],
-                 scalars["loss_l2"], scalars["loss_vae"], scalars["loss_clustering"],
-                 scalars["loss_separating"], steps_per_s, steps_per_s * self._examples,
-                 _format_seconds(eta_s))
+    # The method's loss terms ("loss_l2" -> "l2"), whichever it reports.
+    terms = " ".join(f"{k[5:]} {v:.4f}" for k, v in scalars.items() if k.startswith("loss_"))
+    logging.info("step %d/%d  loss %.4f  (%s)  %.2f steps/s  %.1f images/s  ETA %s", step,
+                 self._total, scalars["loss"], terms, steps_per_s,
+                 steps_per_s * self._examples, _format_seconds(eta_s))
     scalars.update(steps_per_s=steps_per_s, images_per_s=steps_per_s * self._examples)
     self.write_scalars(step, scalars)
 

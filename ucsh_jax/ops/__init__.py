@@ -1,5 +1,11 @@
 """Pure, jit-safe primitives of UCSH: binarisation, hash centers, k-means, similarities, losses."""
 
+from ucsh_jax.ops._bihalf import bi_half
+from ucsh_jax.ops._bihalf import bi_half_assignment
+from ucsh_jax.ops._bihalf import bi_half_penalty
+from ucsh_jax.ops._cosine_pairs import cosine_pair_loss
+from ucsh_jax.ops._cosine_pairs import cubic_penalty
+from ucsh_jax.ops._cosine_pairs import half_pair_cosines
 from ucsh_jax.ops._hadamard import hadamard
 from ucsh_jax.ops._hadamard import hash_centers
 from ucsh_jax.ops._kmeans import kmeans
@@ -25,9 +31,15 @@ __all__ = (
     "KMEANS_METRICS",
     "KMeansResult",
     "ThresholdEstimate",
+    "bi_half",
+    "bi_half_assignment",
+    "bi_half_penalty",
     "clustering_loss",
     "cosine_neighbours",
+    "cosine_pair_loss",
+    "cubic_penalty",
     "hadamard",
+    "half_pair_cosines",
     "hash_centers",
     "kmeans",
     "kl_loss",
