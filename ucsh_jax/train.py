@@ -7,7 +7,7 @@ a run started again with the same workdir continues exactly where it stopped.
 import dataclasses
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
 from clu import parameter_overview
@@ -44,6 +44,7 @@ class Run:
   feature_dim: int
   steps_per_epoch: int
   keys: Dict[str, jax.Array]
+  data_fingerprint: Optional[str] = None  # The data's `source.fingerprint`.
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = False,
@@ -73,6 +74,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
     size = config.data.image_size
     sample = np.zeros((1, size, size, 3), np.float32)
   model = experiment.build_model(config, feature_dim=int(np.prod(sample.shape[1:])))
+  experiment.check_hash_init(config, experiment.backbone_feature_dim(config) if (
+      experiment.uses_backbone(config)) else int(np.prod(sample.shape[1:])))
   root = jax.random.key(config.seed)
   keys = dict(zip(("init", "train", "centers", "epoch"), jax.random.split(root, 4)))
   steps_per_epoch = len(splits.train) // config.batch_size
@@ -82,7 +85,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
   tx = experiment.make_optimizer(config, steps_per_epoch)
   run = Run(config=config, workdir=workdir, mesh=mesh, source=source, splits=splits,
             model=model, preprocessing=preprocessing, state=None, feature_dim=0,
-            steps_per_epoch=steps_per_epoch, keys=keys)
+            steps_per_epoch=steps_per_epoch, keys=keys,
+            data_fingerprint=getattr(source, "fingerprint", None))
   params = None
   if not restoring or (prefix_cache and experiment.frozen_layers(config)):
     # Frozen layers keep their initial values, so the prefix cache is keyed by those.
@@ -157,13 +161,21 @@ def _check_finite(step: int, metrics: Dict[str, Any], last_saved: Optional[int])
     raise FloatingPointError(f"non-finite loss {loss} at step {step}; {where}")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       started: Optional[Callable[[Run], None]] = None) -> Dict[str, Any]:
+  """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json.
+
+  `started(run)`, when given, is called once the run is set up (config validated, data loaded,
+  splits made, model initialised), before anything is trained: `main` writes the run's record
+  there, so that a start refused for its config or its data leaves none.
+  """
   start_time = time.time()
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                             max_to_keep=config.checkpoints_to_keep)
   last_saved = checkpointer.latest_step()
   run = setup(config, workdir, restoring=last_saved is not None)
+  if started is not None:
+    started(run)
   spe = run.steps_per_epoch
   total_steps = config.num_epochs * spe
   train_iter = data.train_iterator(
