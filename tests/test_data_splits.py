@@ -82,10 +82,20 @@ def test_saved_splits_are_reused_and_checked_against_the_dataset_size(tmp_path):
   first = data.make_splits(data_config(), source, seed=0, workdir=workdir)
   for name, idx in zip(("query", "database", "train"), first):
     np.testing.assert_array_equal(np.load(os.path.join(workdir, "splits", f"{name}.npy")), idx)
-  # A resumed run reads the files, whatever the seed and sizes say now.
-  again = data.make_splits(data_config(num_query=20), source, seed=9, workdir=workdir)
-  for x, y in zip(first, again):
+  # With the sizes and seed they were drawn with, the files are read (not drawn again).
+  other = data.make_splits(data_config(), source, seed=9, workdir=None)
+  for name, idx in zip(("query", "database", "train"), other):
+    np.save(os.path.join(workdir, "splits", f"{name}.npy"), idx)
+  again = data.make_splits(data_config(), source, seed=0, workdir=workdir)
+  for x, y in zip(other, again):
     np.testing.assert_array_equal(x, y)
+  # Other sizes or another seed (only without a run record: a refused start's leftovers) draw
+  # them again, and save those.
+  redrawn = data.make_splits(data_config(num_query=20), source, seed=9, workdir=workdir)
+  expected = data.make_splits(data_config(num_query=20), source, seed=9, workdir=None)
+  for name, x, y in zip(("query", "database", "train"), redrawn, expected):
+    np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(np.load(os.path.join(workdir, "splits", f"{name}.npy")), y)
   smaller = features.FeatureSource(feature_file(tmp_path, labels[:90], name="small.npz"))
   with pytest.raises(ValueError, match="100 examples but this one has 90"):
     data.make_splits(data_config(), smaller, seed=0, workdir=workdir)

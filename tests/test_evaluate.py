@@ -96,6 +96,18 @@ def test_score_equals_numpy_at_every_cut_off(num_db, cut_offs):
   np.testing.assert_allclose(first["map"], ranked_rel[:, 0].mean(), rtol=1e-12)
 
 
+def test_a_database_under_100_items_is_scored_without_precision_at_k():
+  rng = np.random.default_rng(2)
+  codes = {"query_codes": np.where(rng.normal(size=(5, 8)) >= 0, 1, -1).astype(np.int8),
+           "database_codes": np.where(rng.normal(size=(51, 8)) >= 0, 1, -1).astype(np.int8),
+           "query_labels": rng.integers(0, 3, 5), "database_labels": rng.integers(0, 3, 51)}
+  got = evaluate.score(codes, -1)
+  assert got["precision_at_k"] == {}
+  np.testing.assert_allclose(got["map"], retrieval_reference.mean_average_precision(
+      codes["query_codes"], codes["database_codes"], codes["query_labels"],
+      codes["database_labels"]), rtol=1e-12)
+
+
 def test_results_and_codes_are_written_whole_and_read_back(tmp_path):
   payload = {"map": 0.5, "bits": 16, "precision_at_k": {"100": 0.25}}
   evaluate.write_json(str(tmp_path / "results.json"), payload)

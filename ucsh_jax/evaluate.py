@@ -34,12 +34,13 @@ def encode_query_and_database(forward, params, source, splits, **kwargs) -> Dict
 
 
 def score(codes: Dict[str, np.ndarray], topk: int) -> Dict[str, Any]:
-  """MAP@topk (topk <= 0: the whole database), precision@k and precision within radius 2."""
+  """MAP@topk (topk <= 0: the whole database), precision@k (the PRECISION_KS up to the
+  database's size: none for a database under 100 items) and precision within radius 2."""
   args = (codes["query_codes"], codes["database_codes"], codes["query_labels"],
           codes["database_labels"])
   num_db = len(codes["database_codes"])
   ks = [k for k in PRECISION_KS if k <= num_db]
-  precisions = metrics.precision_at_k(*args, ks=ks)
+  precisions = metrics.precision_at_k(*args, ks=ks) if ks else []  # None under 100 items.
   return {
       "topk": int(topk) if topk > 0 else None,
       "map": float(metrics.mean_average_precision(*args, topk=topk if topk > 0 else None)),

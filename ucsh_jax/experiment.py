@@ -92,6 +92,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                "checkpoint_every_epochs"):
     if config[name] < 1:
       raise errors.UserError(f"config.{name}={config[name]} must be at least 1")
+  if config.bits % 8:
+    raise errors.UserError(
+        f"config.bits={config.bits} must be a multiple of 8: the codes are packed into bytes "
+        "for the Hamming index that encode, search and the report use")
   if config.batch_size % num_devices:
     raise errors.UserError(f"config.batch_size={config.batch_size} must be a multiple of the "
                            f"{num_devices} devices")
@@ -99,6 +103,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise errors.UserError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of "
                            f"the {num_devices} devices")
   method.validate(config)
+
+
+def check_hash_init(config: ml_collections.ConfigDict, feature_dim: int) -> None:
+  """UserError unless `config.model.hash_init` can start a hash layer of `config.bits` bits on
+  features of width `feature_dim` (ITQ keeps `bits` principal directions of the features)."""
+  if config.model.hash_init == "itq" and config.bits > feature_dim:
+    raise errors.UserError(
+        f"config.bits={config.bits} with config.model.hash_init='itq': ITQ needs at most as "
+        f"many bits as the {feature_dim} dimensions of the features the hash layer sees",
+        hint=f"use config.bits <= {feature_dim}, or config.model.hash_init='random'")
+
 
 
 class FlatInputHashNet(nn.Module):

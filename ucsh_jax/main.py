@@ -2,9 +2,10 @@
 
 This file is intentionally short: the logic lives in `train.py` and `evaluate.py`, which can be
 tested on their own. Every path is made absolute here, before any library sees it; the workdir
-is locked for the run (process 0 holds the lock) and keeps the run's record (`run.json`), which a
-later run on it must agree with. With several processes (a SLURM job, a TPU pod,
-`launch/local.sh`) every process runs this same command; `jax.distributed` connects them.
+is locked for the run (process 0 holds the lock) and keeps the run's record (`run.json`, written
+once the config validated and the data loaded), which a later run on it must agree with. With
+several processes (a SLURM job, a TPU pod, `launch/local.sh`) every process runs this same
+command; `jax.distributed` connects them.
 """
 
 from absl import flags
@@ -51,9 +52,12 @@ def main(argv):
   with workdir_lock.lock_for_run(workdir, f"ucsh_jax.main --mode={FLAGS.mode}"):
     run_record.check(config, workdir)  # Every process, so that all of them stop together.
     if FLAGS.mode == "train":
-      if jax.process_index() == 0:
-        run_record.check_or_write(config, workdir, config_file)
-      train.train_and_evaluate(config, workdir)
+
+      def record(run: train.Run) -> None:  # Config valid, data loaded: the run starts.
+        if jax.process_index() == 0:
+          run_record.check_or_write(config, workdir, config_file, run.data_fingerprint)
+
+      train.train_and_evaluate(config, workdir, started=record)
     elif FLAGS.mode == "features":
       logging.info("Features written to %s.", extract.extract_features(config, workdir))
     else:

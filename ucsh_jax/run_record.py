@@ -6,10 +6,12 @@
                     or null (feature files), "created": "2026-12-01T21:30:00Z",
    "data_fingerprint": "sha256:..."}
 
-Written when a run starts in an empty workdir. A later run on the same workdir must agree with it
-on every field that shapes the model, the optimiser or the splits (`check`); only the fields in
-MAY_CHANGE may differ, and its data must have the recorded fingerprint (`check_data`: the
-first start that loads the data records it). The tools that read a run (search, serve, report) rebuild it from
+Written when a run starts in a workdir without one: by `main` once the config validated and the
+data loaded (`train.train_and_evaluate`'s `started`), so that a start refused for a config value
+or for its data leaves no record to refuse the corrected command. A later run on the same
+workdir must agree with it on every field that shapes the model, the optimiser or the splits
+(`check`); only the fields in MAY_CHANGE may differ, and its data must have the recorded
+fingerprint (`check_data`; a record written before fingerprints gets one from its next start). The tools that read a run (search, serve, report) rebuild it from
 `load_config`.
 """
 
@@ -24,6 +26,7 @@ import ml_collections
 from ucsh_jax import errors
 from ucsh_jax import experiment
 from ucsh_jax import preprocessing as preprocessing_lib
+from ucsh_jax import workdir_lock
 from ucsh_jax.models import download
 from ucsh_jax.models import pretrained as pretrained_lib
 
@@ -159,13 +162,17 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def check_or_write(config: ml_collections.ConfigDict, workdir: str,
-                   config_file: Optional[str]) -> None:
-  """`check`, then writes the record if the workdir has none yet (atomically)."""
+                   config_file: Optional[str], data_fingerprint: Optional[str] = None) -> None:
+  """`check`, then writes the record if the workdir has none yet (atomically), with the data's
+  fingerprint when given."""
   check(config, workdir)
   if read(workdir) is not None:
     return
   os.makedirs(workdir, exist_ok=True)
-  _write(workdir, describe(config, config_file))
+  record = describe(config, config_file)
+  if data_fingerprint is not None:
+    record["data_fingerprint"] = data_fingerprint
+  _write(workdir, record)
 
 
 def _write(workdir: str, record: Dict[str, Any]) -> None:
@@ -196,8 +203,7 @@ def check_data(workdir: str, fingerprint: str, *, write: bool) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config the run in `workdir` recorded (a UserError if there is no run)."""
-  if not os.path.isdir(workdir):
-    raise errors.UserError(f"workdir {workdir} does not exist")
+  workdir_lock.check_workdir(workdir)
   record = read(workdir)
   if record is None:
     raise errors.UserError(f"{workdir} holds no run record ({RECORD_FILE})",

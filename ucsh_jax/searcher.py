@@ -23,9 +23,11 @@ from ucsh_jax import errors
 from ucsh_jax import evaluate
 from ucsh_jax import index as index_lib
 from ucsh_jax import inference
+from ucsh_jax import npz
 from ucsh_jax import parallel
 from ucsh_jax import run_record
 from ucsh_jax import train
+from ucsh_jax.data import features as features_lib
 from ucsh_jax.data import folders
 from ucsh_jax.data import images
 
@@ -88,24 +90,22 @@ def read_image(path: str) -> np.ndarray:
 
 
 def read_features(path: str) -> FeatureRows:
-  """A `.npz` with `features` (n, d) (and optionally `labels`); problems are UserErrors."""
-  try:
-    with np.load(path) as npz:
-      arrays = {key: npz[key] for key in npz.files if key in ("features", "labels")}
-  except (OSError, ValueError) as e:
-    raise errors.UserError(f"cannot read feature file {path}: {e}") from e
+  """A `.npz` with `features` (n, d), n >= 1 (and optionally `labels`, checked as training
+  checks them: `features.check_labels`); problems are UserErrors."""
+  arrays = npz.read(path, "feature file")
   features = arrays.get("features")
   if features is None or features.ndim != 2 or not np.issubdtype(features.dtype, np.number):
     raise errors.UserError(f"{path} needs a numeric (n, d) array 'features'")
+  if len(features) == 0:
+    raise errors.UserError(f"{path} holds no feature vectors ('features' has shape "
+                           f"{features.shape})")
   bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
   if bad.size:
     raise errors.UserError(f"{path}: row {bad[0]} of 'features' is not finite")
   labels = arrays.get("labels")
-  if labels is not None and len(labels) != len(features):
-    raise errors.UserError(f"{path}: 'labels' {labels.shape} and 'features' {features.shape} "
-                           "have different lengths")
-  return FeatureRows(features.astype(np.float32),
-                     None if labels is None else labels.astype(np.int32), path)
+  if labels is not None:
+    labels = features_lib.check_labels(labels, features.shape, path)
+  return FeatureRows(features.astype(np.float32), labels, path)
 
 
 def label_value(labels: Optional[np.ndarray], i: int) -> Any:
@@ -149,10 +149,9 @@ class Searcher:
     """The run in `workdir`, searching its database (or the folder/.npz `database`).
 
     `database` is encoded on first use (with a progress line) and its index cached in
-    WORKDIR/search_cache/, keyed by its files and the checkpoint.
+    WORKDIR/search_cache/, keyed by its files and the checkpoint (not cached, with a warning,
+    when the workdir cannot be written).
     """
-    if not os.path.isdir(workdir):
-      raise errors.UserError(f"workdir {workdir} does not exist")
     config = run_record.load_config(workdir)
     run = train.setup(config, workdir, restoring=True, prefix_cache=False)
     searcher = cls(run, run_database(run))
@@ -262,8 +261,12 @@ class Searcher:
     if os.path.exists(cache):
       return Collection(source, index_lib.HammingIndex.load(cache, bits=self.bits))
     index = index_lib.HammingIndex.from_codes(self._encode_source(source, f"encoding {path}"))
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    index.save(cache)
+    try:
+      os.makedirs(os.path.dirname(cache), exist_ok=True)
+      index.save(cache)
+    except OSError as e:  # A run the user may read but not write: search it all the same.
+      logging.warning("not caching the index of %s in %s (%s): it is encoded again next time",
+                      path, os.path.dirname(cache), e.strerror or e)
     return Collection(source, index)
 
   def _encode_source(self, source, description: str) -> np.ndarray:
@@ -289,8 +292,7 @@ def load_codes(workdir: str) -> Dict[str, np.ndarray]:
   path = os.path.join(workdir, "codes.npz")
   if not os.path.exists(path):
     raise errors.UserError(f"{workdir} has no codes.npz", hint=_ENCODE_HINT)
-  with np.load(path) as npz:
-    return {key: npz[key] for key in npz.files}
+  return npz.read(path, "the codes file", required=("query_codes",), hint=_ENCODE_HINT)
 
 
 def latest_step(workdir: str) -> int:

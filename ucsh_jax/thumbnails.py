@@ -30,7 +30,8 @@ def has_pixels(source) -> bool:
 
 
 def fit(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
-  """`image` scaled (aspect kept) so that its longest side is `size`, as RGB.
+  """`image` scaled (aspect kept) so that its longest side is `size`, as RGB (converted by the
+  rules of `images.to_rgb`, like the images that are hashed).
 
   Enlarging uses nearest-neighbour sampling (whole pixels as blocks), shrinking a box filter.
   """
@@ -40,7 +41,7 @@ def fit(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
   scale = size / max(width, height)
   target = (max(1, round(width * scale)), max(1, round(height * scale)))
   resample = PIL.Image.Resampling.NEAREST if scale > 1 else PIL.Image.Resampling.BOX
-  return image.convert("RGB").resize(target, resample)
+  return PIL.Image.fromarray(images.to_rgb(image)).resize(target, resample)
 
 
 def from_array(image_HxWx3: np.ndarray, size: int = DEFAULT_SIZE) -> PIL.Image.Image:

@@ -8,7 +8,7 @@ a run started again with the same workdir continues exactly where it stopped.
 import dataclasses
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
 from clu import parameter_overview
@@ -44,6 +44,7 @@ class Run:
   state: Any
   steps_per_epoch: int
   keys: Dict[str, jax.Array]
+  data_fingerprint: Optional[str] = None  # The data's `source.fingerprint`.
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = False,
@@ -74,6 +75,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
   keys = dict(zip(("init", "train", "method", "epoch"), jax.random.split(root, 4)))
   feature_dim = (experiment.backbone_feature_dim(config) if experiment.uses_backbone(config)
                  else input_dim)
+  experiment.check_hash_init(config, feature_dim)
   method = methods.build(config, feature_dim, keys["method"])
   if len(splits.train) < max(config.batch_size, method.min_train_items()):
     raise errors.UserError(f"the training set has {len(splits.train)} images, fewer than "
@@ -86,7 +88,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
   tx = experiment.make_optimizer(config, steps_per_epoch, method)
   run = Run(config=config, workdir=workdir, mesh=mesh, source=source, splits=splits,
             method=method, model=model, preprocessing=preprocessing, state=None,
-            steps_per_epoch=steps_per_epoch, keys=keys)
+            steps_per_epoch=steps_per_epoch, keys=keys,
+            data_fingerprint=getattr(source, "fingerprint", None))
   params = None
   if not restoring or (prefix_cache and experiment.frozen_layers(config)):
     # Frozen layers keep their initial values, so the prefix cache is keyed by those.
@@ -146,13 +149,21 @@ def _check_finite(step: int, metrics: Dict[str, Any], last_saved: Optional[int])
     raise FloatingPointError(f"non-finite loss {loss} at step {step}; {where}")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       started: Optional[Callable[[Run], None]] = None) -> Dict[str, Any]:
+  """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json.
+
+  `started(run)`, when given, is called once the run is set up (config validated, data loaded,
+  splits made, model initialised), before anything is trained: `main` writes the run's record
+  there, so that a start refused for its config or its data leaves none.
+  """
   start_time = time.time()
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                             max_to_keep=config.checkpoints_to_keep)
   last_saved = checkpointer.latest_step()
   run = setup(config, workdir, restoring=last_saved is not None)
+  if started is not None:
+    started(run)
   spe = run.steps_per_epoch
   total_steps = config.num_epochs * spe
   train_iter = data.train_iterator(

@@ -4,6 +4,10 @@ The lock is an `flock` on the file, so the operating system drops it when the ho
 any way (kill -9 included): a stale file never blocks the next run. The file's content names the
 holder (host, pid, command, start time) for the error a second run gets. The other processes of
 a multi-process run do not lock; process 0 tells them whether it got the lock.
+
+`check_workdir` turns a `--workdir` that cannot be one (a file, a path under a file, a folder
+that cannot be made or written in) into a UserError naming it; the lock checks its workdir with
+it, so every command that writes a workdir does.
 """
 
 import contextlib
@@ -12,6 +16,7 @@ import fcntl
 import json
 import os
 import socket
+import tempfile
 from typing import Iterator, Optional
 
 import jax
@@ -33,6 +38,42 @@ def _holder(path: str) -> str:
     return "another process (its details are not written yet)"
 
 
+def _file_on_the_way(path: str) -> Optional[str]:
+  """`path` or its nearest existing ancestor when that is not a folder (None when it is one)."""
+  while True:
+    if os.path.lexists(path):
+      return None if os.path.isdir(path) else path
+    parent = os.path.dirname(path)
+    if parent == path:
+      return None
+    path = parent
+
+
+def check_workdir(workdir: str, *, create: bool = False, writable: bool = False) -> None:
+  """A UserError naming `workdir` unless it is a folder (made when missing, with `create`) that
+  this process can create files in (checked by making one, with `writable`)."""
+  blocking = _file_on_the_way(workdir)
+  if blocking == workdir:
+    raise errors.UserError(f"workdir {workdir} is a file, not a folder",
+                           hint="give --workdir a folder (new or holding a run)")
+  if blocking is not None:
+    raise errors.UserError(f"workdir {workdir} cannot be a folder: {blocking} is a file")
+  if not os.path.isdir(workdir):
+    if not create:
+      raise errors.UserError(f"workdir {workdir} does not exist")
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise errors.UserError(f"cannot create the workdir {workdir}: {e.strerror}") from e
+  if writable:
+    try:
+      with tempfile.TemporaryFile(dir=workdir, prefix=".write_test"):
+        pass
+    except OSError as e:
+      raise errors.UserError(f"cannot write in the workdir {workdir}: {e.strerror}",
+                             hint="use a --workdir you may write in") from e
+
+
 class WorkdirLock:
   """`with WorkdirLock(workdir, "train"):` ... raises UserError if another run holds it."""
 
@@ -43,9 +84,14 @@ class WorkdirLock:
     self._fd: Optional[int] = None
 
   def acquire(self) -> None:
-    """Takes the lock without waiting; UserError naming the holder if it is taken."""
-    os.makedirs(self.workdir, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Takes the lock without waiting; UserError naming the holder if it is taken, or the
+    problem with a workdir that cannot be made or written (`check_workdir`)."""
+    check_workdir(self.workdir, create=True, writable=True)
+    try:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise errors.UserError(f"cannot write the lock file {self.path}: {e.strerror}",
+                             hint="use a --workdir you may write in") from e
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

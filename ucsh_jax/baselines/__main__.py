@@ -166,6 +166,11 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str,
   # A feature file needs no network: its model is only described (not initialised).
   run = train.setup(config, workdir, restoring=config.data.name == "features")
   features = extract_features(run)
+  feature_dim = int(features["train"].shape[1])
+  if "itq" in methods and max(bits) > feature_dim:
+    raise errors.UserError(f"--bits={','.join(str(b) for b in bits)}: ITQ needs at most as many "
+                           f"bits as the {feature_dim} dimensions of the features",
+                           hint="leave itq out of --methods for longer codes")
   labels = np.asarray(run.source.labels)
   codes = encode_methods(features, methods=methods, bits=bits, seed=config.seed)
   codes.update(query_ids=np.asarray(run.splits.query, np.int64),

@@ -51,10 +51,50 @@ def decode_error(name: str, data: bytes, error: Exception,
   return CorruptImageError(f"{name} is not a readable image: {reason}")
 
 
+# Image modes of 16-bit gray values (PIL opens a 16-bit gray PNG or TIFF as "I;16"); "I" (32-bit
+# integers, what older PIL made of them) is read the same way, its values clipped to 0..65535.
+GRAY_16_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Modes with an alpha channel ("transparency" in an image's info is the other way to have one).
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+# What transparent pixels are composited onto.
+BACKGROUND = 255
+
+
+def to_rgb(image: PIL.Image.Image) -> np.ndarray:
+  """A decoded image of any mode -> uint8 RGB (H, W, 3), by these rules:
+
+  - 16-bit gray (GRAY_16_BIT_MODES): each value v is scaled, not clipped, to round(v / 257)
+    (65535 -> 255), the same in the three channels;
+  - transparency (an alpha channel: ALPHA_MODES, or a transparent colour or palette entry:
+    "transparency" in the image's info): composited onto white, each channel c with alpha a
+    (0..255) becoming round((a c + (255 - a) 255) / 255), so a transparent pixel is white;
+  - every other mode as PIL converts it to RGB: gray ("1", "L") repeated in the three
+    channels, a palette ("P") looked up, CMYK as round((255 - C)(255 - K) / 255) for R (and
+    M, Y for G, B).
+  """
+  transparency = image.info.get("transparency")
+  if image.mode in GRAY_16_BIT_MODES:
+    values = np.asarray(image).astype(np.int64)
+    gray = ((np.clip(values, 0, 65535) + 128) // 257).astype(np.uint8)  # round(v / 257)
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    if not isinstance(transparency, int):
+      return rgb
+    alpha = np.where(values == transparency, 0, 255)
+  elif image.mode in ALPHA_MODES or transparency is not None:
+    rgba = np.asarray(image.convert("RGBA"))
+    rgb, alpha = rgba[:, :, :3], rgba[:, :, 3]
+  else:
+    return np.asarray(image.convert("RGB"))
+  alpha = alpha.astype(np.int64)[:, :, None]
+  blended = (rgb.astype(np.int64) * alpha + BACKGROUND * (255 - alpha) + 127) // 255
+  return blended.astype(np.uint8)
+
+
 def decode_rgb(data: bytes, name: str, max_pixels: Optional[int] = None) -> np.ndarray:
   """Encoded image bytes (any format PIL reads) -> uint8 RGB (H, W, 3).
 
-  Gray, palette, CMYK and alpha images are converted to RGB. `name` (a file or record) is named
+  Every mode is converted to RGB by the rules of `to_rgb` (16-bit gray scaled to 8 bits,
+  transparency composited onto white). `name` (a file or record) is named
   in the CorruptImageError raised for bytes that do not decode, and in the TooManyPixelsError
   for an image of more than `max_pixels` pixels (None: PIL's own limit, twice
   PIL.Image.MAX_IMAGE_PIXELS).
@@ -68,7 +108,7 @@ def decode_rgb(data: bytes, name: str, max_pixels: Optional[int] = None) -> np.n
       width, height = image.size
       if max_pixels is not None and width * height > max_pixels:
         raise TooManyPixelsError(too_many_pixels(name, max_pixels, (width, height)))
-      return np.asarray(image.convert("RGB"))
+      return to_rgb(image)
   except TooManyPixelsError:  # A ValueError, like some of PIL's decode errors.
     raise
   except DECODE_ERRORS as e:

@@ -14,6 +14,7 @@ import json
 import os
 import zipfile
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -118,19 +119,22 @@ def check_splits(splits: Splits, num_examples: int, where: str) -> Splits:
 
 
 def _save(splits: Splits, folder: str, num_examples: int, seed: int,
-          fingerprint: Optional[str]) -> None:
+          fingerprint: Optional[str], drawn_with: Dict[str, object]) -> None:
   """Every file is written to a temporary name and renamed, info.json first: a reader that sees
   all three .npy files also sees a complete info.json."""
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, "info.tmp.json"), "w") as f:
-    json.dump({"num_examples": num_examples, "seed": seed, "fingerprint": fingerprint}, f)
+    json.dump({"num_examples": num_examples, "seed": seed, "fingerprint": fingerprint,
+               "drawn_with": drawn_with}, f)
   os.replace(os.path.join(folder, "info.tmp.json"), os.path.join(folder, "info.json"))
   for name, idx in zip(SPLIT_NAMES, splits):
     np.save(os.path.join(folder, f"{name}.tmp.npy"), idx)
     os.replace(os.path.join(folder, f"{name}.tmp.npy"), os.path.join(folder, f"{name}.npy"))
 
 
-def _load(folder: str, num_examples: int, fingerprint: Optional[str]) -> Splits:
+def _load(folder: str, num_examples: int, fingerprint: Optional[str],
+          drawn_with: Dict[str, object]) -> Optional[Splits]:
+  """The saved splits, or None when they were drawn with other sizes, seed or splits file."""
   info_path = os.path.join(folder, "info.json")
   if os.path.exists(info_path):
     with open(info_path) as f:
@@ -144,6 +148,13 @@ def _load(folder: str, num_examples: int, fingerprint: Optional[str]) -> Splits:
           f"the splits in {folder} were made for other data (fingerprint "
           f"{info['fingerprint']}) than these ({fingerprint}); use a new workdir, or the data "
           "the splits were made for")
+    saved_with = info.get("drawn_with")  # Absent from splits saved before it was recorded.
+    if saved_with is not None and saved_with != drawn_with:
+      changes = ", ".join(f"{k} {saved_with.get(k)!r} -> {v!r}" for k, v in drawn_with.items()
+                          if saved_with.get(k) != v)
+      logging.info("The splits in %s were drawn with other settings (%s): drawing them again.",
+                   folder, changes)
+      return None
   splits = Splits(*(np.load(os.path.join(folder, f"{n}.npy")).astype(np.int64)
                     for n in SPLIT_NAMES))
   return check_splits(splits, num_examples, folder)
@@ -176,23 +187,31 @@ def make_splits(data_config: ml_collections.ConfigDict, source, *, seed: int,
 
   Otherwise drawn with `protocol_splits` (sizes `data_config.num_query`, `num_database`,
   `num_train`; a feature file's own index arrays win), checked, and saved by process 0 as
-  `workdir/splits/{query,database,train}.npy` plus `info.json` (dataset size, seed, the source's
-  fingerprint). Saved splits are checked against the dataset size and fingerprint.
+  `workdir/splits/{query,database,train}.npy` plus `info.json` (dataset size, the source's
+  fingerprint, the sizes, seed and splits file drawn with). Saved splits are checked against the
+  dataset size and fingerprint, and drawn again (and saved over) when they were drawn with other
+  sizes, seed or splits file: a run's record keeps those fixed for the run, so the saved ones
+  are then the leftovers of a start that was refused, or of baselines with another config.
   `data_config.splits_file` (an .npz with query_idx, database_idx, train_idx) gives the splits
   instead of drawing them. workdir None: nothing is read or written.
   """
   num_examples = len(source)
   fingerprint = getattr(source, "fingerprint", None)
   folder = os.path.join(workdir, "splits") if workdir else None
-  if folder and all(os.path.exists(os.path.join(folder, f"{n}.npy")) for n in SPLIT_NAMES):
-    return _load(folder, num_examples, fingerprint)
   splits_file = data_config.get("splits_file", "")
+  drawn_with = {"num_query": int(data_config.num_query),
+                "num_database": int(data_config.get("num_database", -1)),
+                "num_train": int(data_config.num_train), "seed": int(seed),
+                "splits_file": splits_file}
+  if folder and all(os.path.exists(os.path.join(folder, f"{n}.npy")) for n in SPLIT_NAMES):
+    saved = _load(folder, num_examples, fingerprint, drawn_with)
+    if saved is not None:
+      return saved
   given = read_splits_file(splits_file) if splits_file else getattr(source, "given_splits", None)
   splits = protocol_splits(
-      source.labels, num_query=int(data_config.num_query),
-      num_database=int(data_config.get("num_database", -1)),
-      num_train=int(data_config.num_train), seed=seed, given=given)
+      source.labels, num_query=drawn_with["num_query"], num_database=drawn_with["num_database"],
+      num_train=drawn_with["num_train"], seed=seed, given=given)
   check_splits(splits, num_examples, splits_file or f"splits of {data_config.name}")
   if folder and jax.process_index() == 0:
-    _save(splits, folder, num_examples, seed, fingerprint)
+    _save(splits, folder, num_examples, seed, fingerprint, drawn_with)
   return splits

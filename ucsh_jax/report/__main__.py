@@ -7,6 +7,7 @@ from absl import flags
 from absl import logging
 
 from ucsh_jax import cli
+from ucsh_jax import workdir_lock
 from ucsh_jax.report import build
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A UCSH run's workdir.", required=True)
@@ -17,8 +18,9 @@ _COMPARE = flags.DEFINE_list(
 
 def main(argv):
   del argv  # cli.run refuses arguments other than flags.
-  path = build.write_report(cli.absolute_path(_WORKDIR.value),
-                            cli.absolute_paths(_COMPARE.value))
+  workdir = cli.absolute_path(_WORKDIR.value)
+  workdir_lock.check_workdir(workdir, writable=True)  # The report is written into it.
+  path = build.write_report(workdir, cli.absolute_paths(_COMPARE.value))
   logging.info("Wrote %s", path)
   print(path)
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ucsh_jax import errors
 from ucsh_jax import methods
+from ucsh_jax import npz as npz_lib
 from ucsh_jax import run_record
 from ucsh_jax import tables
 from ucsh_jax import train
@@ -89,8 +90,8 @@ def load_ucsh(workdir: str) -> Tuple[MethodCodes, ml_collections.ConfigDict]:
   if not os.path.exists(path) or os.path.getmtime(path) < _latest_checkpoint_mtime(workdir):
     with workdir_lock.lock_for_run(workdir, "ucsh_jax.report (encoding the run)"):
       train.evaluate_checkpoint(config, workdir, write_codes=True)
-  with np.load(path) as f:
-    npz = dict(f)
+  npz = npz_lib.read(path, "the codes file", required=CODE_KEYS,
+                     hint="delete it: the report then encodes the run again")
   name = methods.row_label(config.method, config.get("ablation", ""))
   codes = MethodCodes(
       label=name, codes={k: npz[k] for k in CODE_KEYS},
@@ -109,8 +110,7 @@ def load_baselines(workdir: str) -> List[MethodCodes]:
         hint="run python -m ucsh_jax.baselines again with this workdir; it now writes the codes")
   with open(summary_path) as f:
     summary = json.load(f)
-  with np.load(path) as f:
-    npz = dict(f)
+  npz = npz_lib.read(path, "the baselines' codes file")
   found = []
   for method in summary["methods"]:
     for bits in summary["bits"]:
