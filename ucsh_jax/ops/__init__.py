@@ -1,5 +1,6 @@
 """Pure, jit-safe primitives of UCSH: binarisation, hash centers, k-means, similarities, losses."""
 
+from ucsh_jax.ops._distillhash import distill_pairs, neighbour_label_counts, pairwise_likelihood_loss
 from ucsh_jax.ops._hadamard import hadamard
 from ucsh_jax.ops._hadamard import hash_centers
 from ucsh_jax.ops._kmeans import kmeans
