@@ -1,4 +1,5 @@
-"""Pure, jit-safe primitives of UCSH: binarisation, hash centers, k-means, similarities, losses."""
+"""Pure, jit-safe primitives of UCSH and the other methods: binarisation, hash centers, k-means,
+similarities, losses."""
 
 from ucsh_jax.ops._bihalf import bi_half
 from ucsh_jax.ops._bihalf import bi_half_assignment
@@ -6,12 +7,15 @@ from ucsh_jax.ops._bihalf import bi_half_penalty
 from ucsh_jax.ops._cosine_pairs import cosine_pair_loss
 from ucsh_jax.ops._cosine_pairs import cubic_penalty
 from ucsh_jax.ops._cosine_pairs import half_pair_cosines
+from ucsh_jax.ops._distillhash import distill_pairs
+from ucsh_jax.ops._distillhash import neighbour_label_counts
+from ucsh_jax.ops._distillhash import pairwise_likelihood_loss
 from ucsh_jax.ops._hadamard import hadamard
 from ucsh_jax.ops._hadamard import hash_centers
-from ucsh_jax.ops._kmeans import kmeans
-from ucsh_jax.ops._kmeans import kmeans_sharded
 from ucsh_jax.ops._kmeans import KMeansResult
 from ucsh_jax.ops._kmeans import METRICS as KMEANS_METRICS
+from ucsh_jax.ops._kmeans import kmeans
+from ucsh_jax.ops._kmeans import kmeans_sharded
 from ucsh_jax.ops._kmeans import num_seeding_candidates
 from ucsh_jax.ops._losses import clustering_loss
 from ucsh_jax.ops._losses import kl_loss
@@ -20,12 +24,12 @@ from ucsh_jax.ops._losses import separating_loss
 from ucsh_jax.ops._losses import similarity_loss
 from ucsh_jax.ops._losses import vae_loss
 from ucsh_jax.ops._sign import sign_ste
+from ucsh_jax.ops._similarity import ThresholdEstimate
 from ucsh_jax.ops._similarity import cosine_neighbours
 from ucsh_jax.ops._similarity import neighbour_similarity
 from ucsh_jax.ops._similarity import pairwise_similarity
 from ucsh_jax.ops._similarity import similarity_threshold
 from ucsh_jax.ops._similarity import ssdh_similarity
-from ucsh_jax.ops._similarity import ThresholdEstimate
 
 __all__ = (
     "KMEANS_METRICS",
@@ -38,14 +42,17 @@ __all__ = (
     "cosine_neighbours",
     "cosine_pair_loss",
     "cubic_penalty",
+    "distill_pairs",
     "hadamard",
     "half_pair_cosines",
     "hash_centers",
     "kmeans",
     "kl_loss",
     "kmeans_sharded",
+    "neighbour_label_counts",
     "neighbour_similarity",
     "num_seeding_candidates",
+    "pairwise_likelihood_loss",
     "pairwise_similarity",
     "reconstruction_loss",
     "separating_loss",
