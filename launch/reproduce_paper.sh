@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Regenerates the paper's Table 1 (UCSH and the shallow baselines SH, ITQ, LSH, SpH: MAP@5000 on
-# CIFAR-10, NUS-WIDE and MIRFLICKR-25K at 16, 32 and 64 bits) and Table 2 (the ablations UCSH-V,
-# -C, -S, -R), then collects every result into ROOT/results.md.
+# Regenerates the paper's Table 1 (the shallow baselines SH, ITQ, LSH, SpH, the deep methods and
+# UCSH: MAP@5000 on CIFAR-10, NUS-WIDE and MIRFLICKR-25K at 16, 32 and 64 bits) and Table 2 (the
+# ablations UCSH-V, -C, -S, -R), then collects every result into ROOT/results.md.
 #
 #   launch/reproduce_paper.sh ROOT WEIGHTS CIFAR_DIR NUSWIDE_DIR MIRFLICKR_DIR
 #
 #   ROOT           every run gets its own workdir under it: ROOT/<dataset>/ucsh_<bits> (UCSH),
-#                  ROOT/<dataset>/ucsh-<V|C|S|R>_<bits> (ablations), ROOT/<dataset>/baselines;
+#                  ROOT/<dataset>/ucsh-<V|C|S|R>_<bits> (ablations), ROOT/<dataset>/baselines,
+#                  ROOT/<dataset>/<method>_<bits> (the other methods, configs/<method>.py);
 #                  <dataset> is cifar, nuswide or mirflickr (the config file's name)
 #   WEIGHTS        ImageNet VGG16 weights: torchvision vgg16-397923af.pth, timm model.safetensors
 #                  or Keras vgg16_weights_tf_dim_ordering_tf_kernels.h5
@@ -16,14 +17,15 @@
 # Environment (all optional):
 #   DATASETS   which datasets, default "cifar nuswide mirflickr"
 #   BITS       which code lengths, default "16 32 64"
-#   TABLES     "1 2" (default) or "1" (no ablation runs) or "2" (no baseline runs)
+#   TABLES     "1 2" (default) or "1" (no ablation runs) or "2" (no baseline or method runs)
+#   METHODS    the other methods of Table 1, default every one of ucsh_jax.methods.NAMES
 #   DATA_DIR   tfds data directory for the prepared datasets (default: tfds's own)
 #   PYTHON     interpreter, default python
 #   LAUNCH     command prefix for every run, e.g. "srun" for a multi-host SLURM allocation
 #   DRY_RUN=1  print the commands without running them
 # Each run uses every local accelerator. A run whose workdir already holds its results file is
 # skipped, and an interrupted UCSH run resumes from its last checkpoint, so the script can simply
-# be started again. The full set is 45 UCSH runs (9 for Table 1, 36 more for Table 2) of about
+# be started again. Each other method adds 9 runs. The full set is 45 UCSH runs (9 for Table 1, 36 more for Table 2) of about
 # an hour each on one modern GPU, plus 3 baseline runs (feature extraction and shallow fits).
 set -euo pipefail
 if [[ $# -ne 5 ]]; then
@@ -38,6 +40,11 @@ read -r -a bits_list <<< "${BITS:-16 32 64}"
 tables="${TABLES:-1 2}"
 python="${PYTHON:-python}"
 read -r -a launch <<< "${LAUNCH:-}"
+# Each dataset's fields for a method config (which starts from CIFAR-10's settings).
+declare -A dataset_flags=(
+  [cifar]=""
+  [nuswide]="--config.data.name=nus_wide --config.data.num_query=5000 --config.data.num_train=5000"
+  [mirflickr]="--config.data.name=mirflickr --config.data.num_query=2000 --config.data.num_train=10000")
 dry_run="${DRY_RUN:-}"
 
 if [[ -z "$dry_run" && ! -f "$weights" ]]; then
@@ -79,6 +86,19 @@ for dataset in "${datasets[@]}"; do
     bits_csv="$(IFS=,; echo "${bits_list[*]}")"
     run "$workdir/baselines.json" "${launch[@]}" "$python" -m ucsh_jax.baselines \
       --config="$config" --workdir="$workdir" --bits="$bits_csv" "${flags[@]}"
+  fi
+  if [[ "$tables" == *1* ]]; then
+    methods="${METHODS:-$("$python" -c 'from ucsh_jax import methods; print(*methods.NAMES)')}"
+    read -r -a data_flags <<< "${dataset_flags[$dataset]}"
+    for method in $methods; do
+      [[ "$method" == ucsh ]] && continue
+      for bits in "${bits_list[@]}"; do
+        workdir="$root/$dataset/${method}_$bits"
+        run "$workdir/results.json" "${launch[@]}" "$python" -m ucsh_jax.main \
+          --config="configs/$method.py" --workdir="$workdir" --config.bits="$bits" \
+          "${data_flags[@]}" "${flags[@]}"
+      done
+    done
   fi
   variants=("")
   if [[ "$tables" == *2* ]]; then

@@ -148,7 +148,7 @@ def _check_map(value, query_codes, db_codes, query_labels, db_labels, topk, chan
   assert value > chance + CHANCE_MARGIN, (value, chance)
 
 
-RESULT_FIELDS = ("dataset", "bits", "ablation", "topk", "map", "precision_at_k",
+RESULT_FIELDS = ("dataset", "bits", "method", "ablation", "topk", "map", "precision_at_k",
                  "precision_within_radius_2", "num_query", "num_database", "num_train", "epochs",
                  "steps", "elapsed_s")
 

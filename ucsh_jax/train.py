@@ -75,7 +75,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
   keys = dict(zip(("init", "train", "method", "epoch"), jax.random.split(root, 4)))
   feature_dim = (experiment.backbone_feature_dim(config) if experiment.uses_backbone(config)
                  else input_dim)
-  experiment.check_hash_init(config, feature_dim)
+  if not restoring:  # A restored hash layer was started long ago.
+    experiment.check_hash_init(config, feature_dim)
   method = methods.build(config, feature_dim, keys["method"])
   if len(splits.train) < max(config.batch_size, method.min_train_items()):
     raise errors.UserError(f"the training set has {len(splits.train)} images, fewer than "
