@@ -14,6 +14,7 @@ from ucsh_jax.ops._losses import separating_loss
 from ucsh_jax.ops._losses import similarity_loss
 from ucsh_jax.ops._losses import vae_loss
 from ucsh_jax.ops._sign import sign_ste
+from ucsh_jax.ops._tbh import binary_cross_entropy, hamming_adjacency, normalized_adjacency, stochastic_binary  # noqa: E501
 from ucsh_jax.ops._similarity import cosine_neighbours
 from ucsh_jax.ops._similarity import neighbour_similarity
 from ucsh_jax.ops._similarity import pairwise_similarity
@@ -23,6 +24,7 @@ from ucsh_jax.ops._similarity import ThresholdEstimate
 
 __all__ = (
     "KMEANS_METRICS",
+    "binary_cross_entropy", "hamming_adjacency", "normalized_adjacency", "stochastic_binary",
     "KMeansResult",
     "ThresholdEstimate",
     "clustering_loss",
