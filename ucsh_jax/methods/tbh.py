@@ -228,15 +228,19 @@ class TBH(base.Method):
 
   def losses(self, params, batch, context):
     inputs = batch["image"] if "image" in batch else batch["features"]
-    own = self.config.tbh
-    noise = tbh_noise(context.key, context.step, batch["index"], self.config.bits,
-                      own.continuous_dim, own.code_noise)
-    out = context.model.apply({"params": params}, inputs, train=True, code_noise=noise,
+    out = context.model.apply({"params": params}, inputs, train=True,
+                              code_noise=self.noise(context, batch),
                               rngs={"dropout": base.dropout_key(context.key, context.step)})
     terms = tbh_losses(out, out["features"])
     metrics = {"loss": terms["actor"], **{k: v for k, v in terms.items() if k != "actor"},
                "bits_on": base.global_batch_mean(jnp.mean(out["binary"]))}
     return {base.MAIN_GROUP: terms["actor"], CRITIC_GROUP: terms["critic"]}, metrics
+
+  def noise(self, context: base.Context, batch: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+    """The head's `code_noise` for this device's examples (`tbh_noise`)."""
+    own = self.config.tbh
+    return tbh_noise(context.key, context.step, batch["index"], self.config.bits,
+                     own.continuous_dim, own.code_noise)
 
   def param_group(self, path):
     if len(path) > 1 and path[0] == "head" and path[1] in CRITIC_LAYERS:

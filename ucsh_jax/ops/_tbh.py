@@ -27,7 +27,8 @@ def stochastic_binary(logits: jax.Array, threshold: jax.Array) -> jax.Array:
   Returns:
     (n, k) float codes in {0, 1}. The gradient is the authors' distributional derivative:
     d h = sigmoid(h) (1 - sigmoid(h)) d b (the straight-through estimator through the
-    Bernoulli mean), and d eps = d b as in their `binary_activation`.
+    Bernoulli mean); eps, noise, gets none (their `binary_activation` returns d b for it, which
+    nothing reads).
   """
   return _binary(logits, jnp.broadcast_to(threshold, logits.shape).astype(logits.dtype))
 
@@ -39,11 +40,12 @@ def _binary(logits, threshold):
 
 def _binary_fwd(logits, threshold):
   prob = jax.nn.sigmoid(logits)
-  return (jnp.sign(prob - threshold) + 1.0) / 2.0, prob
+  return (jnp.sign(prob - threshold) + 1.0) / 2.0, (prob, threshold)
 
 
-def _binary_bwd(prob, g):
-  return prob * (1.0 - prob) * g, g
+def _binary_bwd(residual, g):
+  prob, threshold = residual
+  return prob * (1.0 - prob) * g, jnp.zeros_like(threshold)
 
 
 _binary.defvjp(_binary_fwd, _binary_bwd)
