@@ -15,7 +15,6 @@ from ucsh_jax import methods
 from ucsh_jax import ops
 from ucsh_jax import parallel
 from ucsh_jax import train
-from ucsh_jax.methods import distillhash
 
 import method_harness
 

@@ -9,13 +9,14 @@ from ucsh_jax.methods import bihalf
 from ucsh_jax.methods import distillhash
 from ucsh_jax.methods import greedyhash
 from ucsh_jax.methods import ssdh
+from ucsh_jax.methods import tbh
 from ucsh_jax.methods import ucsh
 from ucsh_jax.methods.base import Context
 from ucsh_jax.methods.base import MAIN_GROUP
 from ucsh_jax.methods.base import Method
 
 # config.method -> its class; Table 1's deep rows in the paper's order, then the others.
-METHODS = {cls.name: cls for cls in (ssdh.SSDH, distillhash.DistillHash, ucsh.UCSH,
+METHODS = {cls.name: cls for cls in (ssdh.SSDH, distillhash.DistillHash, ucsh.UCSH, tbh.TBH,
                                       greedyhash.GreedyHash, bihalf.BiHalf)}
 NAMES = tuple(METHODS)
 # Table 2: UCSH's ablations.

@@ -30,6 +30,10 @@ from ucsh_jax.ops._similarity import neighbour_similarity
 from ucsh_jax.ops._similarity import pairwise_similarity
 from ucsh_jax.ops._similarity import similarity_threshold
 from ucsh_jax.ops._similarity import ssdh_similarity
+from ucsh_jax.ops._tbh import binary_cross_entropy
+from ucsh_jax.ops._tbh import hamming_adjacency
+from ucsh_jax.ops._tbh import normalized_adjacency
+from ucsh_jax.ops._tbh import stochastic_binary
 
 __all__ = (
     "KMEANS_METRICS",
@@ -38,6 +42,7 @@ __all__ = (
     "bi_half",
     "bi_half_assignment",
     "bi_half_penalty",
+    "binary_cross_entropy",
     "clustering_loss",
     "cosine_neighbours",
     "cosine_pair_loss",
@@ -45,12 +50,14 @@ __all__ = (
     "distill_pairs",
     "hadamard",
     "half_pair_cosines",
+    "hamming_adjacency",
     "hash_centers",
     "kmeans",
     "kl_loss",
     "kmeans_sharded",
     "neighbour_label_counts",
     "neighbour_similarity",
+    "normalized_adjacency",
     "num_seeding_candidates",
     "pairwise_likelihood_loss",
     "pairwise_similarity",
@@ -60,5 +67,6 @@ __all__ = (
     "similarity_loss",
     "similarity_threshold",
     "ssdh_similarity",
+    "stochastic_binary",
     "vae_loss",
 )
