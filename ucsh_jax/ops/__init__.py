@@ -13,6 +13,7 @@ from ucsh_jax.ops._losses import reconstruction_loss
 from ucsh_jax.ops._losses import separating_loss
 from ucsh_jax.ops._losses import similarity_loss
 from ucsh_jax.ops._losses import vae_loss
+from ucsh_jax.ops._rotate import rotate_images
 from ucsh_jax.ops._sign import sign_ste
 from ucsh_jax.ops._similarity import cosine_neighbours
 from ucsh_jax.ops._similarity import neighbour_similarity
