@@ -53,11 +53,13 @@ class Reporter:
     scalars = {k: float(np.asarray(v)) for k, v in self._interval.compute().items()}
     self._interval = None
     eta_s = (self._total - step) / max(steps_per_s, 1e-9)
-    logging.info("step %d/%d  loss %.4f  (l2 %.4f vae %.4f clu %.4f sep %.4f)  "
-                 "%.2f steps/s  %.1f images/s  ETA %s", step, self._total, scalars["loss"],
-                 scalars["loss_l2"], scalars["loss_vae"], scalars["loss_clustering"],
-                 scalars["loss_separating"], steps_per_s, steps_per_s * self._examples,
-                 _format_seconds(eta_s))
+    # The method's terms ("loss_*" metrics), whichever method logged them.
+    terms = " ".join(f"{name[5:]} {value:.4f}" for name, value in scalars.items()
+                     if name.startswith("loss_"))
+    terms = f"  ({terms})" if terms else ""
+    logging.info("step %d/%d  loss %.4f%s  %.2f steps/s  %.1f images/s  ETA %s", step,
+                 self._total, scalars["loss"], terms, steps_per_s,
+                 steps_per_s * self._examples, _format_seconds(eta_s))
     scalars.update(steps_per_s=steps_per_s, images_per_s=steps_per_s * self._examples)
     self.write_scalars(step, scalars)
 
