@@ -5,6 +5,7 @@ import ml_collections
 
 from ucsh_jax import errors
 from ucsh_jax.methods import base
+from ucsh_jax.methods import deepbit
 from ucsh_jax.methods import ssdh
 from ucsh_jax.methods import ucsh
 from ucsh_jax.methods.base import Context
@@ -12,7 +13,7 @@ from ucsh_jax.methods.base import MAIN_GROUP
 from ucsh_jax.methods.base import Method
 
 # config.method -> its class; Table 1's deep rows in the paper's order, then the others.
-METHODS = {cls.name: cls for cls in (ssdh.SSDH, ucsh.UCSH)}
+METHODS = {cls.name: cls for cls in (deepbit.DeepBit, ssdh.SSDH, ucsh.UCSH)}
 NAMES = tuple(METHODS)
 # Table 2: UCSH's ablations.
 ABLATION_LABELS = ucsh.ABLATION_LABELS
