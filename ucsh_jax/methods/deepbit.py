@@ -50,8 +50,11 @@ Decisions (the paper and the authors' code leave these open or disagree):
     centre crop, and also mirrors each branch at random (not done here).
   * theta = 0 compares the image with itself: it is nonzero only through dropout, so the
     variants without dropout (:digits, :finetune) leave it out.
-  * Schedule: the run's shared optimiser and step decay for both stages (the authors restart
-    at a tenth of the learning rate for stage 2); the hash layer starts as Gaussian(0, 0.01)
+  * What trains and how: the run's shared setting (the whole VGG16 in the default variant,
+    conv5 and the top in :finetune, the top in :digits) with its shared optimiser and step
+    decay for both stages. The authors' Caffe nets freeze all of VGG16 (lr_mult 0) and train
+    the hash layer alone, with SGD (momentum 0.9, weight decay 5e-4, batch 32 / 30 pairs):
+    stage 1 50,000 iterations from 1e-3, stage 2 5,000 from 1e-4; the hash layer starts as Gaussian(0, 0.01)
     weights and zero bias (the authors' fillers), `model.hash_init = "itq"` overrides it.
 """
 
