@@ -23,6 +23,7 @@ from ucsh_jax.ops._losses import reconstruction_loss
 from ucsh_jax.ops._losses import separating_loss
 from ucsh_jax.ops._losses import similarity_loss
 from ucsh_jax.ops._losses import vae_loss
+from ucsh_jax.ops._rotate import rotate_images
 from ucsh_jax.ops._sign import sign_ste
 from ucsh_jax.ops._similarity import ThresholdEstimate
 from ucsh_jax.ops._similarity import cosine_neighbours
@@ -62,6 +63,7 @@ __all__ = (
     "pairwise_likelihood_loss",
     "pairwise_similarity",
     "reconstruction_loss",
+    "rotate_images",
     "separating_loss",
     "sign_ste",
     "similarity_loss",
