@@ -24,7 +24,6 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from configs import digits as digits_config
 from test_pretrained import _Call
 from test_pretrained import write_zip_pth
 import tiny_runs
@@ -84,13 +83,16 @@ def _features(path, features, labels, **splits):
   return str(path)
 
 
+def _write_jpeg(path, seed=0):
+  pixels = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  PIL.Image.fromarray(pixels).save(path)
+
+
 def _image_folder(root, corrupt=False, empty_class=False):
-  rng = np.random.default_rng(0)
   for c in range(2):
     os.makedirs(root / f"class{c}")
     for i in range(20):
-      pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-      PIL.Image.fromarray(pixels).save(root / f"class{c}" / f"{i:02d}.jpg")
+      _write_jpeg(root / f"class{c}" / f"{i:02d}.jpg", seed=20 * c + i)
   if corrupt:
     (root / "class1" / "07.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
   if empty_class:
@@ -131,9 +133,6 @@ def _cases(tmp, trained):
   write_zip_pth(evil, payload=pickle.dumps(
       {"features.0.weight": _Call(os.system, f"touch {tmp / 'ran'}")}, protocol=2))
 
-  other_run = tmp / "other_run"
-  config = digits_config.get_config()
-  run_record.check_or_write(config, str(other_run), None)  # A 16-bit run's record.
   busy = tmp / "busy"
   os.makedirs(busy)
   a_file = tmp / "a_file"
@@ -143,6 +142,8 @@ def _cases(tmp, trained):
   os.makedirs(locked_folder / "workdir")
   _read_only(locked_folder)
   run, features, _, cut_codes_run, read_only_run = trained
+  other_run = tmp / "other_run"
+  shutil.copytree(run, other_run)  # An 8-bit run with its checkpoint.
   np.savez(tmp / "no_rows.npz", features=np.zeros((0, features.shape[1]), np.float32))
   np.savez(tmp / "queries.npz", features=features[:3])
   np.savez(tmp / "float_labels.npz", features=features[:3], labels=np.array([0.0, 1.5, 2.0]))
@@ -212,10 +213,11 @@ def _cases(tmp, trained):
       "malicious pickle": Case(**override("j", f"--config.model.pretrained={evil}", tiny,
                                           ["--config.num_epochs=1"]),
                                expected="refusing to load global"),
-      # Found when training reads it, after the run started (and was recorded): not a
-      # refused start.
-      "corrupt image": Case(MAIN + image_folder + [f"--config.data.path={images}",
-                                                   workdir("k")], "07.jpg"),
+      # Found when training reads it, after the run started (and was recorded), before it
+      # saved a checkpoint: the corrected start replaces the record.
+      "corrupt image": Case(**repaired(
+          MAIN + image_folder + [f"--config.data.path={images}", workdir("k")],
+          lambda: _write_jpeg(os.path.join(images, "class1", "07.jpg"))), expected="07.jpg"),
       "empty class folder": Case(**repaired(
           MAIN + image_folder + [f"--config.data.path={gap}", workdir("l")],
           lambda: os.rmdir(os.path.join(gap, "class2"))), expected="class2 holds no images"),
@@ -223,8 +225,9 @@ def _cases(tmp, trained):
                                     "unknown config field 'bitz'"),
       "missing config file": Case(MAIN + [f"--config={tmp}/nope.py", workdir("n")], "nope.py"),
       "unknown flag": Case(MAIN + [digits, "--wrokdir=x", workdir("o")], "wrokdir"),
-      "workdir of another run": Case(MAIN + [digits, "--config.bits=32",
-                                             f"--workdir={other_run}"], "bits: 16 -> 32"),
+      "workdir of another run": Case(
+          MAIN + _replace(features_run, "--config.bits=8", "--config.bits=16")
+          + [f"--workdir={other_run}"], "bits: 8 -> 16"),
       "workdir in use": Case(MAIN + [digits, f"--workdir={busy}"], "is in use by"),
       "eval without a checkpoint": Case(MAIN + [digits, "--mode=eval", workdir("p")],
                                         "no checkpoint"),
@@ -361,7 +364,9 @@ CORRECTED_NAMES = ["missing feature file", "length mismatch", "NaN in a feature 
                    "bits not a multiple of 8", "more bits than ITQ can give",
                    "training set smaller than the batch", "unknown ablation",
                    "batch not divisible by the devices", "malicious pickle",
-                   "empty class folder"]
+                   "empty class folder", "corrupt image"]
+# The train starts that began (and were recorded) before they failed; none saved a checkpoint.
+STARTED_NAMES = ["corrupt image"]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -380,9 +385,9 @@ def test_every_case_is_checked(cases, outcomes):
 
 
 @pytest.mark.parametrize("name", CORRECTED_NAMES)
-def test_a_refused_start_leaves_no_record_and_the_corrected_command_runs(corrections, name):
+def test_a_refused_start_leaves_no_record_and_the_corrected_command_runs_there(corrections, name):
   left_a_record, result, workdir = corrections[name]
-  assert not left_a_record, f"the refused start left {run_record.record_path(workdir)}"
+  assert left_a_record == (name in STARTED_NAMES), run_record.record_path(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.exists(os.path.join(workdir, "results.json"))
   with open(run_record.record_path(workdir)) as f:

@@ -9,11 +9,24 @@ Saves are asynchronous; a save interrupted by a crash leaves a temporary folder 
 ignores, so the latest *finished* checkpoint is the one restored.
 """
 
+import os
 from typing import Any, Optional, Tuple
 
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+def latest_saved_step(directory: str) -> Optional[int]:
+  """The step of the latest finished checkpoint under `directory`, or None; creates nothing."""
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(directory,
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
 
 
 class Checkpointer:

@@ -38,7 +38,7 @@ def extract_features(config: ml_collections.ConfigDict, workdir: str) -> str:
 
   Returns the path written.
   """
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  checkpointer = checkpointing.Checkpointer(train.checkpoint_dir(workdir))
   step = checkpointer.latest_step()
   checkpointer.close()
   run = train.setup(config, workdir, restoring=step is not None)

@@ -13,6 +13,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from ucsh_jax import checkpointing
 from ucsh_jax import cli
 from ucsh_jax import distributed
 from ucsh_jax import extract
@@ -50,12 +51,24 @@ def main(argv):
                jax.local_device_count(), jax.device_count(), jax.devices()[0].platform,
                config_file, workdir)
   with workdir_lock.lock_for_run(workdir, f"ucsh_jax.main --mode={FLAGS.mode}"):
-    run_record.check(config, workdir)  # Every process, so that all of them stop together.
+    # A train start in a workdir that holds no checkpoint continues nothing: a record left by
+    # a start that failed before saving (a corrupt image found in its first epoch, say) is
+    # replaced, whatever config or data it names.
+    fresh_start = (FLAGS.mode == "train"
+                   and checkpointing.latest_saved_step(train.checkpoint_dir(workdir)) is None)
+    if not fresh_start:
+      run_record.check(config, workdir)  # Every process, so that all of them stop together.
+    elif run_record.read(workdir) is not None:
+      logging.warning("%s holds no checkpoint: its run record is replaced by this run's.",
+                      workdir)
     if FLAGS.mode == "train":
 
       def record(run: train.Run) -> None:  # Config valid, data loaded: the run starts.
         if jax.process_index() == 0:
-          run_record.check_or_write(config, workdir, config_file, run.data_fingerprint)
+          if fresh_start:
+            run_record.write(config, workdir, config_file, run.data_fingerprint)
+          else:
+            run_record.check_or_write(config, workdir, config_file, run.data_fingerprint)
 
       train.train_and_evaluate(config, workdir, started=record)
     elif FLAGS.mode == "features":

@@ -163,11 +163,16 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def check_or_write(config: ml_collections.ConfigDict, workdir: str,
                    config_file: Optional[str], data_fingerprint: Optional[str] = None) -> None:
-  """`check`, then writes the record if the workdir has none yet (atomically), with the data's
-  fingerprint when given."""
+  """`check`, then `write`s the record if the workdir has none yet."""
   check(config, workdir)
-  if read(workdir) is not None:
-    return
+  if read(workdir) is None:
+    write(config, workdir, config_file, data_fingerprint)
+
+
+def write(config: ml_collections.ConfigDict, workdir: str, config_file: Optional[str],
+          data_fingerprint: Optional[str] = None) -> None:
+  """Writes the workdir's record (atomically, replacing any), with the data's fingerprint when
+  given."""
   os.makedirs(workdir, exist_ok=True)
   record = describe(config, config_file)
   if data_fingerprint is not None:

@@ -47,6 +47,11 @@ class Run:
   data_fingerprint: Optional[str] = None  # The data's `source.fingerprint`.
 
 
+def checkpoint_dir(workdir: str) -> str:
+  """Where a run's checkpoints are saved."""
+  return os.path.join(workdir, "checkpoints")
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = False,
           prefix_cache: bool = True) -> Run:
   """Builds data, splits, model and the (replicated) initial train state.
@@ -60,8 +65,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, restoring: bool = 
   experiment.validate(config, mesh.size)
   os.makedirs(workdir, exist_ok=True)
   source = data.get_source(config.data)
-  run_record.check_data(workdir, source.fingerprint, write=jax.process_index() == 0)
-  splits = data.make_splits(config.data, source, seed=config.seed, workdir=workdir)
+  if restoring:  # A fresh start's data are recorded by its caller.
+    run_record.check_data(workdir, source.fingerprint, write=jax.process_index() == 0)
+  splits = data.make_splits(config.data, source, seed=config.seed, workdir=workdir,
+                            redraw=not restoring)
   if source.kind == "features":
     pretrained, preprocessing = None, None
     sample = np.asarray(source[0]["features"], np.float32)[None]
@@ -159,7 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   there, so that a start refused for its config or its data leaves none.
   """
   start_time = time.time()
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+  checkpointer = checkpointing.Checkpointer(checkpoint_dir(workdir),
                                             max_to_keep=config.checkpoints_to_keep)
   last_saved = checkpointer.latest_step()
   run = setup(config, workdir, restoring=last_saved is not None)
@@ -239,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def restore_params(run: Run) -> Any:
   """The parameters of the workdir's latest checkpoint (an error if there is none)."""
-  checkpointer = checkpointing.Checkpointer(os.path.join(run.workdir, "checkpoints"))
+  checkpointer = checkpointing.Checkpointer(checkpoint_dir(run.workdir))
   step = checkpointer.latest_step()
   if step is None:
     raise errors.UserError(f"no checkpoint in {run.workdir}/checkpoints: train first "

@@ -182,7 +182,7 @@ def read_splits_file(path: str) -> Dict[str, np.ndarray]:
 
 
 def make_splits(data_config: ml_collections.ConfigDict, source, *, seed: int,
-                workdir: Optional[str]) -> Splits:
+                workdir: Optional[str], redraw: bool = False) -> Splits:
   """Query / database / training indices into `source`, from `workdir/splits/` when saved there.
 
   Otherwise drawn with `protocol_splits` (sizes `data_config.num_query`, `num_database`,
@@ -193,7 +193,8 @@ def make_splits(data_config: ml_collections.ConfigDict, source, *, seed: int,
   sizes, seed or splits file: a run's record keeps those fixed for the run, so the saved ones
   are then the leftovers of a start that was refused, or of baselines with another config.
   `data_config.splits_file` (an .npz with query_idx, database_idx, train_idx) gives the splits
-  instead of drawing them. workdir None: nothing is read or written.
+  instead of drawing them. workdir None: nothing is read or written. `redraw` ignores saved
+  splits (a fresh start's: the leftovers of a start that saved nothing, on any data).
   """
   num_examples = len(source)
   fingerprint = getattr(source, "fingerprint", None)
@@ -203,7 +204,7 @@ def make_splits(data_config: ml_collections.ConfigDict, source, *, seed: int,
                 "num_database": int(data_config.get("num_database", -1)),
                 "num_train": int(data_config.num_train), "seed": int(seed),
                 "splits_file": splits_file}
-  if folder and all(os.path.exists(os.path.join(folder, f"{n}.npy")) for n in SPLIT_NAMES):
+  if folder and not redraw and all(os.path.exists(os.path.join(folder, f"{n}.npy")) for n in SPLIT_NAMES):
     saved = _load(folder, num_examples, fingerprint, drawn_with)
     if saved is not None:
       return saved
