@@ -18,15 +18,12 @@ import orbax.checkpoint as ocp
 
 
 def latest_saved_step(directory: str) -> Optional[int]:
-  """The step of the latest finished checkpoint under `directory`, or None; creates nothing."""
-  if not os.path.isdir(directory):
-    return None
-  manager = ocp.CheckpointManager(directory,
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  try:
-    return manager.latest_step()
-  finally:
-    manager.close()
+  """The step of the latest finished checkpoint under `directory`, or None; creates nothing.
+  A finished checkpoint is a folder named by its step (a save in progress has a temporary
+  name until it completes)."""
+  steps = [int(name) for name in os.listdir(directory) if name.isdigit()] if os.path.isdir(
+      directory) else []
+  return max(steps, default=None)
 
 
 class Checkpointer:

@@ -19,6 +19,7 @@ import os
 from absl import logging
 import numpy as np
 
+from ucsh_jax import checkpointing
 from ucsh_jax import errors
 from ucsh_jax import evaluate
 from ucsh_jax import index as index_lib
@@ -297,13 +298,11 @@ def load_codes(workdir: str) -> Dict[str, np.ndarray]:
 
 def latest_step(workdir: str) -> int:
   """The step of the workdir's latest finished checkpoint (UserError when there is none)."""
-  folder = os.path.join(workdir, "checkpoints")
-  steps = [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(
-      folder) else []
-  if not steps:
+  step = checkpointing.latest_saved_step(train.checkpoint_dir(workdir))
+  if step is None:
     raise errors.UserError(f"{workdir} has no checkpoint: train first (python -m ucsh_jax.main "
                            f"--workdir={workdir})")
-  return max(steps)
+  return step
 
 
 def run_database(run: train.Run) -> Collection:
@@ -317,8 +316,8 @@ def run_database(run: train.Run) -> Collection:
     raise errors.UserError(f"{path} holds {index.ntotal} codes but the run's database has "
                            f"{len(run.splits.database)} items", hint=_ENCODE_HINT)
   step = latest_step(run.workdir)
-  if os.path.getmtime(path) < os.path.getmtime(os.path.join(run.workdir, "checkpoints",
-                                                            str(step))):
+  checkpoint = os.path.join(train.checkpoint_dir(run.workdir), str(step))
+  if os.path.getmtime(path) < os.path.getmtime(checkpoint):
     logging.warning("%s is older than checkpoint %d: its codes may be out of date (run "
                     "--mode=encode again)", path, step)
   return Collection(run.source, index)
