@@ -25,8 +25,9 @@
 #   DRY_RUN=1  print the commands without running them
 # Each run uses every local accelerator. A run whose workdir already holds its results file is
 # skipped, and an interrupted UCSH run resumes from its last checkpoint, so the script can simply
-# be started again. Each other method adds 9 runs. The full set is 45 UCSH runs (9 for Table 1, 36 more for Table 2) of about
-# an hour each on one modern GPU, plus 3 baseline runs (feature extraction and shallow fits).
+# be started again. The full set is 45 UCSH runs (9 for Table 1, 36 more for Table 2) of about
+# an hour each on one modern GPU, 9 runs for each other method, plus 3 baseline runs (feature
+# extraction and shallow fits).
 set -euo pipefail
 if [[ $# -ne 5 ]]; then
   echo "usage: launch/reproduce_paper.sh ROOT WEIGHTS CIFAR_DIR NUSWIDE_DIR MIRFLICKR_DIR" >&2
@@ -40,11 +41,6 @@ read -r -a bits_list <<< "${BITS:-16 32 64}"
 tables="${TABLES:-1 2}"
 python="${PYTHON:-python}"
 read -r -a launch <<< "${LAUNCH:-}"
-# Each dataset's fields for a method config (which starts from CIFAR-10's settings).
-declare -A dataset_flags=(
-  [cifar]=""
-  [nuswide]="--config.data.name=nus_wide --config.data.num_query=5000 --config.data.num_train=5000"
-  [mirflickr]="--config.data.name=mirflickr --config.data.num_query=2000 --config.data.num_train=10000")
 dry_run="${DRY_RUN:-}"
 
 if [[ -z "$dry_run" && ! -f "$weights" ]]; then
@@ -89,7 +85,11 @@ for dataset in "${datasets[@]}"; do
   fi
   if [[ "$tables" == *1* ]]; then
     methods="${METHODS:-$("$python" -c 'from ucsh_jax import methods; print(*methods.NAMES)')}"
-    read -r -a data_flags <<< "${dataset_flags[$dataset]}"
+    # The other methods' configs start from CIFAR-10: the dataset's fields come from its config.
+    read -r -a data_flags <<< "$("$python" -c "from configs import $dataset as c
+d = c.get_config().data
+print(f'--config.data.name={d.name} --config.data.num_query={d.num_query} '
+      f'--config.data.num_train={d.num_train}')")"
     for method in $methods; do
       [[ "$method" == ucsh ]] && continue
       for bits in "${bits_list[@]}"; do

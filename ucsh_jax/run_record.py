@@ -11,8 +11,10 @@ data loaded (`train.train_and_evaluate`'s `started`), so that a start refused fo
 or for its data leaves no record to refuse the corrected command. A later run on the same
 workdir must agree with it on every field that shapes the model, the optimiser or the splits
 (`check`); only the fields in MAY_CHANGE may differ, and its data must have the recorded
-fingerprint (`check_data`; a record written before fingerprints gets one from its next start). The tools that read a run (search, serve, report) rebuild it from
-`load_config`.
+fingerprint (`check_data`; a record written before fingerprints gets one from its next start).
+A train start in a workdir with no finished checkpoint continues nothing and `write`s a new
+record over any left there (`ucsh_jax.main`). The tools that read a run (search, serve,
+report) rebuild it from `load_config`.
 """
 
 import dataclasses

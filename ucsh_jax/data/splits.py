@@ -204,7 +204,8 @@ def make_splits(data_config: ml_collections.ConfigDict, source, *, seed: int,
                 "num_database": int(data_config.get("num_database", -1)),
                 "num_train": int(data_config.num_train), "seed": int(seed),
                 "splits_file": splits_file}
-  if folder and not redraw and all(os.path.exists(os.path.join(folder, f"{n}.npy")) for n in SPLIT_NAMES):
+  if folder and not redraw and all(
+      os.path.exists(os.path.join(folder, f"{n}.npy")) for n in SPLIT_NAMES):
     saved = _load(folder, num_examples, fingerprint, drawn_with)
     if saved is not None:
       return saved

@@ -17,8 +17,8 @@ from ucsh_jax.methods.base import MAIN_GROUP
 from ucsh_jax.methods.base import Method
 
 # config.method -> its class; Table 1's deep rows in the paper's order, then the others.
-METHODS = {cls.name: cls for cls in (deepbit.DeepBit, ssdh.SSDH, distillhash.DistillHash, ucsh.UCSH,
-                                      tbh.TBH, greedyhash.GreedyHash, bihalf.BiHalf)}
+METHODS = {cls.name: cls for cls in (deepbit.DeepBit, ssdh.SSDH, distillhash.DistillHash,
+                                      ucsh.UCSH, tbh.TBH, greedyhash.GreedyHash, bihalf.BiHalf)}
 NAMES = tuple(METHODS)
 # Table 2: UCSH's ablations.
 ABLATION_LABELS = ucsh.ABLATION_LABELS

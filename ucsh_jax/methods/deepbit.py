@@ -54,8 +54,9 @@ Decisions (the paper and the authors' code leave these open or disagree):
     conv5 and the top in :finetune, the top in :digits) with its shared optimiser and step
     decay for both stages. The authors' Caffe nets freeze all of VGG16 (lr_mult 0) and train
     the hash layer alone, with SGD (momentum 0.9, weight decay 5e-4, batch 32 / 30 pairs):
-    stage 1 50,000 iterations from 1e-3, stage 2 5,000 from 1e-4; the hash layer starts as Gaussian(0, 0.01)
-    weights and zero bias (the authors' fillers), `model.hash_init = "itq"` overrides it.
+    stage 1 50,000 iterations from 1e-3, stage 2 5,000 from 1e-4; the hash layer starts as
+    Gaussian(0, 0.01) weights and zero bias (the authors' fillers); `model.hash_init = "itq"`
+    overrides it.
 """
 
 from typing import Any, Optional

@@ -15,7 +15,7 @@ The head on the features x (n, d) (the authors train on fixed fc7 features):
   decoder     x^ = relu(W_4 relu(W_3 z' + c_3) + c_4) (n, d)      "decoder_hidden", "decoder_out"
   critics     D_b(v) = sigmoid(w_b . v + a_b) on b vs. samples of Bernoulli(1/2)^k,
               D_c(v) = sigmoid(w_c . v + a_c) on z' vs. samples of U[0, 1]^C
-                                                                 "critic_binary", "critic_continuous"
+                                                      "critic_binary", "critic_continuous"
 The binary code reaches the decoder only through the graph: the continuous bottleneck is
 smoothed over the items whose codes are close, so the codes are trained to say who is
 whose neighbour.
